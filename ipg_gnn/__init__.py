@@ -1,0 +1,1 @@
+"""ipg-gnn: Inference Provenance Graphs for detecting and repairing adversarial vulnerability."""

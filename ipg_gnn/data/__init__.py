@@ -1,0 +1,34 @@
+"""Input datasets and the disjoint splits every later stage relies on."""
+
+from ipg_gnn.data.formats import DatasetFileError, read_cifar_batch, read_idx
+from ipg_gnn.data.sources import (
+    DATASETS,
+    ImageDataset,
+    Images,
+    cifar10,
+    digits,
+    fashion_mnist,
+    load_dataset,
+    mnist,
+    mnist_subset,
+)
+from ipg_gnn.data.splits import SPLITS, Splits, SplitSpec, make_splits
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "DatasetFileError",
+    "ImageDataset",
+    "Images",
+    "SplitSpec",
+    "Splits",
+    "cifar10",
+    "digits",
+    "fashion_mnist",
+    "load_dataset",
+    "make_splits",
+    "mnist",
+    "mnist_subset",
+    "read_cifar_batch",
+    "read_idx",
+]

@@ -1,0 +1,254 @@
+"""The stages that `train.py` chains, each a function of the resolved Hydra config.
+
+Every stage is usable on its own from Python; the entry points only pick the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from ipg_gnn.attacks import Attack
+from ipg_gnn.data import ImageDataset, Images, Splits, make_splits
+from ipg_gnn.targets import (
+    accuracy,
+    build_model,
+    config_key,
+    load_checkpoint,
+    save_checkpoint,
+    train_target,
+)
+
+log = logging.getLogger(__name__)
+
+# Settings that say where files are or how progress is shown, not what the weights become:
+# left out of cache keys.
+_LOCATION_KEYS = ("data_dir", "download", "folder")
+_COSMETIC_TRAINER_KEYS = (
+    "default_root_dir",
+    "enable_progress_bar",
+    "enable_model_summary",
+    "enable_checkpointing",
+    "log_every_n_steps",
+    "logger",
+)
+
+
+def _plain(node: Any) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def make_loggers(cfg: DictConfig) -> list[Logger]:
+    """Instantiate every logger of the `logger` group (none for `logger=none`)."""
+    return [instantiate(c) for c in (cfg.get("logger") or {}).values()]
+
+
+def close_loggers(loggers: list[Logger]) -> None:
+    """Flush the loggers; an offline W&B run is closed so its files are complete on disk."""
+    for lg in loggers:
+        lg.finalize("success")
+        if isinstance(lg, WandbLogger):
+            lg.experiment.finish()
+
+
+def load_data(cfg: DictConfig, output_dir: str | Path) -> tuple[ImageDataset, Splits]:
+    """Load the dataset, cut the splits and save their indices in the run directory."""
+    # Called outside `instantiate` so a missing-file error reaches the user unwrapped.
+    data: ImageDataset = instantiate(cfg.dataset.source, _partial_=True)()
+    splits = make_splits(data, instantiate(cfg.split, _convert_="all"))
+    splits.save(output_dir)
+    log.info("dataset %s, splits %s", data.name, splits.sizes())
+    return data, splits
+
+
+def target_arch(cfg: DictConfig, data: ImageDataset) -> dict[str, Any]:
+    """The target's architecture: its model config completed with the dataset's shapes."""
+    return {
+        **_plain(cfg.target.model),
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+    }
+
+
+def target_cache_key(cfg: DictConfig, arch: Mapping[str, Any]) -> str:
+    """Hash of everything that shapes the target's weights."""
+    source = {k: v for k, v in _plain(cfg.dataset.source).items() if k not in _LOCATION_KEYS}
+    trainer = {
+        k: v
+        for k, v in OmegaConf.to_container(cfg.trainer).items()
+        if k not in _COSMETIC_TRAINER_KEYS
+    }
+    return config_key(
+        {
+            "arch": arch,
+            "train": _plain(cfg.target.train),
+            "source": source,
+            "split": _plain(cfg.split),
+            "trainer": trainer,
+            "seed": cfg.seed,
+        }
+    )
+
+
+def obtain_target(
+    cfg: DictConfig, data: ImageDataset, splits: Splits, loggers: list[Logger] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The trained target: from `target.checkpoint`, else from the cache, else trained now and
+    cached. Returns the model (eval mode, CPU) and where it came from."""
+    arch = target_arch(cfg, data)
+    if cfg.target.checkpoint:
+        path = Path(cfg.target.checkpoint)
+        return load_checkpoint(path, arch), {"checkpoint": str(path), "origin": "checkpoint"}
+    path = Path(cfg.paths.cache_dir) / "targets" / f"{target_cache_key(cfg, arch)}.pt"
+    if path.is_file():
+        log.info("reusing cached target %s", path)
+        return load_checkpoint(path, arch), {"checkpoint": str(path), "origin": "cache"}
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(arch)
+    train = cfg.target.train
+    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=train.epochs, logger=loggers or False)
+    model = train_target(
+        model,
+        splits.images(data, "target_train"),
+        trainer,
+        batch_size=train.batch_size,
+        lr=train.lr,
+        weight_decay=train.weight_decay,
+        seed=cfg.seed,
+    )
+    save_checkpoint(path, model, arch, {"key_config": _plain(cfg.target)})
+    log.info("trained target cached at %s", path)
+    return model, {"checkpoint": str(path), "origin": "trained"}
+
+
+def make_attacks(cfg: DictConfig) -> dict[str, Attack]:
+    """Instantiate every attack of the `attack` group, by name."""
+    return {name: instantiate(c) for name, c in cfg.attack.items()}
+
+
+def evaluate_attacks(
+    model: nn.Module, images: Images, attacks: Mapping[str, Attack], batch_size: int = 1000
+) -> dict[str, Any]:
+    """Clean and adversarial accuracy of `model` on `images`, attacks crafted against `model`."""
+    report: dict[str, Any] = {
+        "n": len(images),
+        "clean_acc": accuracy(model, images, batch_size),
+        "adv_acc": {},
+        "attack_success_rate": {},
+        "eps": {},
+    }
+    for name, attack in attacks.items():
+        result = attack(model, images.x, images.y)
+        report["adv_acc"][name] = float((result.pred == images.y).float().mean())
+        report["attack_success_rate"][name] = float(result.success.float().mean())
+        report["eps"][name] = attack.eps
+    return report
+
+
+def format_attack_table(report: Mapping[str, Any]) -> str:
+    """A small text table of clean and adversarial accuracy."""
+    lines = [
+        f"{'':10s} {'eps':>6s} {'accuracy':>9s}   (test split, n={report['n']})",
+        f"{'clean':10s} {'-':>6s} {report['clean_acc']:9.2%}",
+    ]
+    for name, acc in report["adv_acc"].items():
+        eps = report["eps"][name]
+        lines.append(f"{name:10s} {'-' if eps is None else f'{eps:.3g}':>6s} {acc:9.2%}")
+    return "\n".join(lines)
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """The `train.py` job: data and splits -> target model -> attacks on the test split.
+
+    Writes `train_config.yaml`, `splits.*`, `target.pt` and `attack_report.json` into
+    `paths.output_dir`: together, what a later `repair.py` run needs."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / TRAIN_CONFIG, resolve=True)
+    loggers = make_loggers(cfg)
+    data, splits = load_data(cfg, out)
+    model, origin = obtain_target(cfg, data, splits, loggers)
+    save_checkpoint(out / "target.pt", model, target_arch(cfg, data), origin)
+    report = evaluate_attacks(
+        model, splits.images(data, "test"), make_attacks(cfg), cfg.eval_batch_size
+    )
+    report = {"dataset": data.name, "splits": splits.sizes(), "target": origin, **report}
+    (out / "attack_report.json").write_text(json.dumps(report, indent=2))
+    for lg in loggers:
+        lg.log_metrics(
+            {
+                "test/clean_acc": report["clean_acc"],
+                **{f"test/adv_acc/{k}": v for k, v in report["adv_acc"].items()},
+            }
+        )
+    close_loggers(loggers)
+    return report
+
+
+TRAIN_CONFIG = "train_config.yaml"
+_TRAIN_RUN_FILES = (TRAIN_CONFIG, "splits.npz", "splits.json", "target.pt")
+
+
+@dataclass
+class TrainRun:
+    """A finished `train.py` run, loaded back: its config, data, splits and target."""
+
+    directory: Path
+    cfg: DictConfig
+    data: ImageDataset
+    splits: Splits
+    model: nn.Module
+
+
+def latest_train_run(log_dir: str | Path) -> Path:
+    """The most recent run directory under `<log_dir>/train/` (single runs and multirun jobs)."""
+    runs = sorted(
+        (Path(log_dir) / "train").glob("**/" + TRAIN_CONFIG), key=lambda p: p.stat().st_mtime
+    )
+    if not runs:
+        raise FileNotFoundError(
+            f"no train.py run under {Path(log_dir).resolve() / 'train'}; "
+            "run `python train.py` first or pass train_dir=<run dir>"
+        )
+    return runs[-1].parent
+
+
+def load_train_run(directory: str | Path) -> TrainRun:
+    """Load a `train.py` run directory; a clear error says what is missing."""
+    directory = Path(directory)
+    missing = [f for f in _TRAIN_RUN_FILES if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{directory} is not a complete train.py run: missing {', '.join(missing)}"
+        )
+    cfg = OmegaConf.load(directory / TRAIN_CONFIG)
+    data: ImageDataset = instantiate(cfg.dataset.source, _partial_=True)()
+    model = load_checkpoint(directory / "target.pt", target_arch(cfg, data))
+    return TrainRun(directory, cfg, data, Splits.load(directory), model)
+
+
+def run_repair(cfg: DictConfig) -> dict[str, Any]:
+    """The `repair.py` job. For now it measures the train run's target on the test split with
+    the configured attacks re-crafted against it (the "before" of a repair report)."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
+    run = load_train_run(train_dir)
+    with open_dict(cfg):
+        cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
+    before = evaluate_attacks(
+        run.model, run.splits.images(run.data, "test"), make_attacks(cfg), cfg.eval_batch_size
+    )
+    report = {"train_dir": str(train_dir), "n_test": before["n"], "before": before}
+    (out / "repair_report.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,30 @@
+"""The DNNs under study, their training, and their checkpoint cache."""
+
+from ipg_gnn.targets.models import MLP, BasicBlock, SmallCNN, SmallResNet
+from ipg_gnn.targets.training import (
+    CheckpointMismatchError,
+    ClassifierModule,
+    accuracy,
+    build_model,
+    config_key,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    train_target,
+)
+
+__all__ = [
+    "MLP",
+    "BasicBlock",
+    "CheckpointMismatchError",
+    "ClassifierModule",
+    "SmallCNN",
+    "SmallResNet",
+    "accuracy",
+    "build_model",
+    "config_key",
+    "load_checkpoint",
+    "predict",
+    "save_checkpoint",
+    "train_target",
+]
