@@ -47,6 +47,13 @@ def art_classifier(model: nn.Module, x: torch.Tensor, clip_values: tuple[float, 
     )
 
 
+def seed_attack_rng(seed: int) -> None:
+    """Seed the generators ART's random starts draw from (numpy's global one and torch's), so
+    an attack on the same inputs gives the same adversarial examples."""
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 class Attack:
     """A named ART evasion attack, configured once and called on `(model, x, y)` batches."""
 

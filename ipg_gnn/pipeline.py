@@ -13,18 +13,24 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import matplotlib.pyplot as plt
+import numpy as np
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from ipg_gnn.attacks import Attack
+from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.data import ImageDataset, Images, Splits, make_splits
+from ipg_gnn.graphs import IPGDataset, build_store, prepare_capture
+from ipg_gnn.provenance import CaptureConfig
+from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
 from ipg_gnn.targets import (
     accuracy,
     build_model,
     config_key,
     load_checkpoint,
+    model_fingerprint,
     save_checkpoint,
     train_target,
 )
@@ -137,9 +143,14 @@ def make_attacks(cfg: DictConfig) -> dict[str, Attack]:
 
 
 def evaluate_attacks(
-    model: nn.Module, images: Images, attacks: Mapping[str, Attack], batch_size: int = 1000
+    model: nn.Module,
+    images: Images,
+    attacks: Mapping[str, Attack],
+    batch_size: int = 1000,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Clean and adversarial accuracy of `model` on `images`, attacks crafted against `model`."""
+    """Clean and adversarial accuracy of `model` on `images`, attacks crafted against `model`
+    (each attack's random start seeded with `seed`, so reports are reproducible)."""
     report: dict[str, Any] = {
         "n": len(images),
         "clean_acc": accuracy(model, images, batch_size),
@@ -148,6 +159,7 @@ def evaluate_attacks(
         "eps": {},
     }
     for name, attack in attacks.items():
+        seed_attack_rng(seed)
         result = attack(model, images.x, images.y)
         report["adv_acc"][name] = float((result.pred == images.y).float().mean())
         report["attack_success_rate"][name] = float(result.success.float().mean())
@@ -167,11 +179,93 @@ def format_attack_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_train(cfg: DictConfig) -> dict[str, Any]:
-    """The `train.py` job: data and splits -> target model -> attacks on the test split.
+def _source_identity(cfg: DictConfig) -> dict[str, Any]:
+    return {k: v for k, v in _plain(cfg.dataset.source).items() if k not in _LOCATION_KEYS}
 
-    Writes `train_config.yaml`, `splits.*`, `target.pt` and `attack_report.json` into
-    `paths.output_dir`: together, what a later `repair.py` run needs."""
+
+def build_ipg_datasets(
+    cfg: DictConfig,
+    model: nn.Module,
+    data: ImageDataset,
+    splits: Splits,
+    attacks: Mapping[str, Attack],
+) -> dict[str, Any]:
+    """Build (or reuse from the cache) benign and adversarial IPG stores of every split in
+    `ipg.splits` for every attack. Returns where they are: `root` and, per split, the store
+    name of `benign` and of each attack."""
+    config: CaptureConfig = instantiate(cfg.ipg.capture)
+    key = config_key(
+        {
+            "capture": _plain(cfg.ipg.capture),
+            "calibration": cfg.ipg.calibration_size,
+            "split": _plain(cfg.split),
+            "source": _source_identity(cfg),
+            "seed": cfg.seed,
+        }
+    )
+    root = Path(cfg.paths.cache_dir) / "ipg" / f"{model_fingerprint(model)}-{key}"
+    pool = splits.images(data, "ipg_train")
+    rng = np.random.default_rng(cfg.seed)
+    calibration = pool.subset(np.sort(rng.permutation(len(pool))[: cfg.ipg.calibration_size]))
+    capturer, _ = prepare_capture(model, root, config, calibration.x)
+    stores: dict[str, dict[str, str]] = {}
+    for split in cfg.ipg.splits:
+        images, index = splits.images(data, split), splits.indices[split]
+        stores[split] = {"benign": f"{split}-benign"}
+        build_store(
+            capturer,
+            model,
+            images,
+            index,
+            root / stores[split]["benign"],
+            split,
+            None,
+            cfg.ipg.shard_size,
+            cfg.seed,
+        )
+        for name, attack in attacks.items():
+            stores[split][name] = f"{split}-{name}-{config_key(_plain(cfg.attack[name]))[:8]}"
+            build_store(
+                capturer,
+                model,
+                images,
+                index,
+                root / stores[split][name],
+                split,
+                attack,
+                cfg.ipg.shard_size,
+                cfg.seed,
+            )
+        log.info("IPGs of %s: %d inputs x (benign + %d attacks)", split, len(images), len(attacks))
+    return {"root": str(root), "fingerprint": model_fingerprint(model), "stores": stores}
+
+
+def plot_example_ipgs(ipgs: Mapping[str, Any], split: str, out: Path) -> list[Path]:
+    """Draw the first input of `split`: its benign IPG and, per attack, the difference between
+    its adversarial and benign IPGs. Returns the PNG paths."""
+    stores = ipgs["stores"][split]
+    benign = IPGDataset(ipgs["root"], [stores["benign"]])
+    layers = benign.topology.layers
+    paths = [out / "ipg_benign.png"]
+    plot_ipg(benign[0], layers, paths[0], title=f"benign IPG, {split} input 0")
+    for attack, store in stores.items():
+        if attack != "benign":
+            adv = IPGDataset(ipgs["root"], [store])
+            paths.append(out / f"ipg_diff_{attack}.png")
+            plot_ipg_difference(
+                benign[0], adv[0], layers, paths[-1], title=f"{attack} - benign, {split} input 0"
+            )
+    plt.close("all")
+    return paths
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """The `train.py` job: data and splits -> target model -> attacks on the test split ->
+    IPG datasets of every configured split and attack.
+
+    Writes `train_config.yaml`, `splits.*`, `target.pt`, `attack_report.json`,
+    `ipg_datasets.json` and example IPG pictures into `paths.output_dir`: together, what the
+    later stages need."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / TRAIN_CONFIG, resolve=True)
@@ -179,11 +273,15 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     data, splits = load_data(cfg, out)
     model, origin = obtain_target(cfg, data, splits, loggers)
     save_checkpoint(out / "target.pt", model, target_arch(cfg, data), origin)
+    attacks = make_attacks(cfg)
     report = evaluate_attacks(
-        model, splits.images(data, "test"), make_attacks(cfg), cfg.eval_batch_size
+        model, splits.images(data, "test"), attacks, cfg.eval_batch_size, cfg.seed
     )
     report = {"dataset": data.name, "splits": splits.sizes(), "target": origin, **report}
     (out / "attack_report.json").write_text(json.dumps(report, indent=2))
+    ipgs = build_ipg_datasets(cfg, model, data, splits, attacks)
+    (out / "ipg_datasets.json").write_text(json.dumps(ipgs, indent=2))
+    pictures = plot_example_ipgs(ipgs, cfg.ipg.splits[-1], out)
     for lg in loggers:
         lg.log_metrics(
             {
@@ -191,8 +289,12 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
                 **{f"test/adv_acc/{k}": v for k, v in report["adv_acc"].items()},
             }
         )
+        if isinstance(lg, WandbLogger):
+            lg.log_image(
+                "ipg/examples", [str(p) for p in pictures], caption=[p.stem for p in pictures]
+            )
     close_loggers(loggers)
-    return report
+    return {**report, "ipg": ipgs}
 
 
 TRAIN_CONFIG = "train_config.yaml"
@@ -247,7 +349,11 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
     before = evaluate_attacks(
-        run.model, run.splits.images(run.data, "test"), make_attacks(cfg), cfg.eval_batch_size
+        run.model,
+        run.splits.images(run.data, "test"),
+        make_attacks(cfg),
+        cfg.eval_batch_size,
+        cfg.seed,
     )
     report = {"train_dir": str(train_dir), "n_test": before["n"], "before": before}
     (out / "repair_report.json").write_text(json.dumps(report, indent=2))

@@ -71,3 +71,12 @@ def test_every_configured_attack_runs_and_fools_the_model(name, trained_default,
     assert result.x_adv.shape == batch.x.shape and adv < clean - 0.3, (name, clean, adv)
     if attack.eps is not None and name != "pgd_l2":
         assert (result.x_adv - batch.x).abs().max() <= attack.eps + 1e-5
+
+
+def test_seeded_evaluation_is_reproducible(trained_default, test_images):
+    from ipg_gnn.pipeline import evaluate_attacks
+
+    attacks = {"pgd": pgd(0.05)}
+    first = evaluate_attacks(trained_default["model"], test_images, attacks, seed=3)
+    again = evaluate_attacks(trained_default["model"], test_images, attacks, seed=3)
+    assert first == again and 0 < first["adv_acc"]["pgd"] < first["clean_acc"]

@@ -8,15 +8,35 @@ import pytest
 from hydra.utils import instantiate
 
 from ipg_gnn.attacks import ATTACKS, Attack
-from ipg_gnn.pipeline import format_attack_table, make_attacks, run_train
+from ipg_gnn.graphs import IPGDataset
+from ipg_gnn.pipeline import (
+    format_attack_table,
+    load_data,
+    make_attacks,
+    run_train,
+    target_arch,
+)
+from ipg_gnn.targets import load_checkpoint, model_fingerprint
 from tests.conftest import ROOT, compose_config
 
 
 def test_train_job_with_fast_dev_run_and_offline_wandb(tmp_path):
-    cfg = compose_config("train", tmp_path, ["+trainer.fast_dev_run=true", "logger=wandb"])
+    cfg = compose_config(
+        "train", tmp_path, ["+trainer.fast_dev_run=true", "logger=wandb", "ipg.splits=[ipg_val]"]
+    )
     report = run_train(cfg)
     run = tmp_path / "run"
-    assert json.loads((run / "attack_report.json").read_text()) == report
+    saved = json.loads((run / "attack_report.json").read_text())
+    assert saved == {k: v for k, v in report.items() if k != "ipg"}
+    ipgs = json.loads((run / "ipg_datasets.json").read_text())
+    assert ipgs == report["ipg"] and set(ipgs["stores"]["ipg_val"]) == {"benign", "fgsm", "pgd"}
+    model = load_checkpoint(run / "target.pt", target_arch(cfg, load_data(cfg, run)[0]))
+    ds = IPGDataset(
+        ipgs["root"], list(ipgs["stores"]["ipg_val"].values()), fingerprint=model_fingerprint(model)
+    )
+    assert len(ds) == 3 * 250 and ds.attacks == ["none", "fgsm", "pgd"]
+    for png in ("ipg_benign.png", "ipg_diff_fgsm.png", "ipg_diff_pgd.png"):
+        assert (run / png).stat().st_size > 10_000
     assert (run / "splits.npz").is_file() and (run / "target.pt").is_file()
     assert set(report["adv_acc"]) == {"fgsm", "pgd"} and report["n"] == 750
     assert report["target"]["origin"] == "trained"
@@ -68,6 +88,7 @@ def test_repair_job_evaluates_the_latest_train_run(tmp_path):
             "+trainer.fast_dev_run=true",
             "logger=none",
             "attack=fgsm",
+            "ipg.splits=[ipg_val]",
             f"paths.output_dir={tmp_path}/logs/train/r1",
         ],
     )

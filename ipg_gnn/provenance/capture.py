@@ -185,6 +185,18 @@ class IPGCapture:
     def calibrated(self) -> bool:
         return self._static is not None
 
+    @property
+    def static_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per op, the (destination unit, input unit) pairs chosen by `calibrate`."""
+        return self._static
+
+    def use_static_pairs(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> IPGCapture:
+        """Reuse an edge set chosen earlier (e.g. stored with an IPG dataset)."""
+        if len(pairs) != len(self.plan.ops):
+            raise ValueError(f"{len(pairs)} edge sets for {len(self.plan.ops)} capture ops")
+        self._static = [(d.long(), s.long()) for d, s in pairs]
+        return self
+
     @staticmethod
     def _identity_pairs(op: CaptureOp) -> tuple[torch.Tensor, torch.Tensor]:
         units = op.layer.num_units

@@ -141,3 +141,14 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.
 def accuracy(model: nn.Module, images: Images, batch_size: int = 1000) -> float:
     """Top-1 accuracy of `model` on `images`."""
     return float((predict(model, images.x, batch_size) == images.y).float().mean())
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A hash of every parameter and buffer: two models share it only if they compute the same
+    function, so artefacts derived from one (IPG datasets) can be checked against the other."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,198 @@
+"""On-disk IPG storage: one topology per (model, capture config), graph stores per split.
+
+Layout under a root directory::
+
+    topology.pt                  model fingerprint, capture config, node table, shared edges
+    <split>-benign/manifest.json + shard_00000.pt ...
+    <split>-<attack>/...
+
+Per graph only what varies is stored: node features and edge contributions (plus edge indices
+and weights in dynamic mode). Each shard is written to a temporary file and renamed into place,
+so a shard file that exists is complete: an interrupted build resumes at the first missing shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ipg_gnn.provenance import EDGE_FEATURES, NODE_FEATURES, CaptureConfig, IPGCapture
+
+
+class IPGStoreError(ValueError):
+    """An IPG store does not match what it is loaded or resumed for."""
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """`torch.save` to a temporary file renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@dataclass
+class Topology:
+    """What all graphs of one model and capture config share."""
+
+    fingerprint: str
+    config: CaptureConfig
+    layers: list[dict]
+    edge_index: torch.Tensor | None  # (2, E) in static / dense mode
+    weight: torch.Tensor | None  # (E,)
+    static_pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(layer["num_units"] for layer in self.layers)
+
+    def node_table(self) -> list[tuple[str, int]]:
+        """(layer name, unit index) of every node, in node order."""
+        return [(layer["name"], u) for layer in self.layers for u in range(layer["num_units"])]
+
+    @classmethod
+    def from_capture(cls, capturer: IPGCapture, fingerprint: str) -> Topology:
+        shared = capturer.config.mode != "dynamic"
+        edge_index, weight = capturer.topology() if shared else (None, None)
+        return cls(
+            fingerprint,
+            capturer.config,
+            [asdict(x) for x in capturer.plan.layers],
+            edge_index,
+            weight,
+            capturer.static_pairs,
+        )
+
+    def save(self, root: Path) -> None:
+        atomic_save(
+            {
+                "fingerprint": self.fingerprint,
+                "config": asdict(self.config),
+                "layers": self.layers,
+                "edge_index": self.edge_index,
+                "weight": self.weight,
+                "static_pairs": self.static_pairs,
+                "node_features": NODE_FEATURES,
+                "edge_features": EDGE_FEATURES,
+            },
+            root / "topology.pt",
+        )
+
+    @classmethod
+    def load(cls, root: str | Path) -> Topology:
+        path = Path(root) / "topology.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no IPG topology at {path}; build the IPG datasets first")
+        d = torch.load(path, weights_only=False)
+        return cls(
+            d["fingerprint"],
+            CaptureConfig(**d["config"]),
+            d["layers"],
+            d["edge_index"],
+            d["weight"],
+            d["static_pairs"],
+        )
+
+    def check_model(self, fingerprint: str, where: str | Path) -> None:
+        """Refuse graphs captured from another model."""
+        if fingerprint != self.fingerprint:
+            raise IPGStoreError(
+                f"the IPGs in {where} were captured from model {self.fingerprint}, not from this "
+                f"model ({fingerprint}); rebuild them for this model"
+            )
+
+
+@dataclass
+class GraphStore:
+    """A directory of shards holding the graphs of one split under one attack (or benign)."""
+
+    directory: Path
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.is_file():
+            raise FileNotFoundError(f"no IPG store at {self.directory}")
+        return json.loads(self.manifest_path.read_text())
+
+    def shard_path(self, i: int) -> Path:
+        return self.directory / f"shard_{i:05d}.pt"
+
+    def complete(self) -> bool:
+        if not self.manifest_path.is_file():
+            return False
+        return all(self.shard_path(i).is_file() for i in range(self.manifest()["num_shards"]))
+
+    def build(
+        self,
+        meta: Mapping[str, Any],
+        num_items: int,
+        shard_size: int,
+        make_shard: Callable[[int, slice], dict[str, torch.Tensor]],
+        progress: bool = True,
+        desc: str = "IPGs",
+    ) -> GraphStore:
+        """Write the shards that are missing. `make_shard(i, items)` returns shard `i`'s tensors.
+        A store begun with other settings is refused rather than mixed."""
+        num_shards = -(-num_items // shard_size)
+        manifest = {
+            **meta,
+            "num_items": num_items,
+            "shard_size": shard_size,
+            "num_shards": num_shards,
+        }
+        if self.manifest_path.is_file():
+            old = self.manifest()
+            if old != manifest:
+                raise IPGStoreError(
+                    f"{self.directory} holds a build with other settings "
+                    f"({old}); delete it to rebuild"
+                )
+        else:
+            atomic_write_text(json.dumps(manifest, indent=2), self.manifest_path)
+        todo = [i for i in range(num_shards) if not self.shard_path(i).is_file()]
+        for i in tqdm(todo, desc=desc, disable=not progress or not todo, leave=False):
+            items = slice(i * shard_size, min(num_items, (i + 1) * shard_size))
+            atomic_save(make_shard(i, items), self.shard_path(i))
+        return self
+
+    def load(self) -> dict[str, torch.Tensor]:
+        """All shards concatenated, checked against the manifest."""
+        manifest = self.manifest()
+        if not self.complete():
+            raise IPGStoreError(
+                f"{self.directory} is an unfinished build; run the build again to resume it"
+            )
+        shards = [
+            torch.load(self.shard_path(i), weights_only=True) for i in range(manifest["num_shards"])
+        ]
+        data = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+        if len(data["source_index"]) != manifest["num_items"]:
+            raise IPGStoreError(
+                f"{self.directory}: shards hold {len(data['source_index'])} "
+                f"graphs, the manifest says {manifest['num_items']}"
+            )
+        return data
