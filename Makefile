@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 
-.PHONY: demo test lint venv clean-venv
+.PHONY: demo test lint venv clean-venv bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,3 +33,8 @@ lint: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Capture benchmark; DATA_DIR must hold mnist/ (the 10,000-graph build reads full MNIST).
+DATA_DIR ?= data
+bench: $(STAMP)
+	$(BIN)/python -m ipg_gnn.bench capture --data-dir $(DATA_DIR)

@@ -27,6 +27,10 @@ from ipg_gnn.provenance.plan import CaptureOp, Plan, build_plan
 NODE_FEATURES = ("value_mean", "value_max", "frac_active", "layer_position")
 EDGE_FEATURES = ("contribution", "weight")
 Mode = Literal["static", "dynamic", "dense"]
+# A static edge set keeping at least 1/DENSE_THEN_GATHER of an op's (unit, input) pairs is
+# computed as all contributions (one batched matmul) followed by a gather; a sparser one gathers
+# the inputs of its edges first (measured on 2 CPU cores: 4-5x faster either way round).
+DENSE_THEN_GATHER = 16
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class CaptureConfig:
     mode: Mode = "static"
     k: int = 8
     include_input: bool = False
-    chunk_size: int = 128
+    chunk_size: int = 256
 
     def __post_init__(self) -> None:
         if self.mode not in ("static", "dynamic", "dense"):
@@ -245,7 +249,7 @@ class IPGCapture:
                 )
             )
         edge_index, weight = self.topology()
-        chunk = len(inputs) if self.config.mode == "static" else self.config.chunk_size
+        chunk = self.config.chunk_size
         xs, contribs = [], []
         for i in tqdm(
             range(0, len(inputs), chunk), desc="capture", disable=not progress, leave=False
@@ -261,12 +265,14 @@ class IPGCapture:
         contribs = []
         for o, op in enumerate(self.plan.ops):
             s = self._stats(op, values)
-            dst, src = self._pairs(o, op)
+            dst, src = (t.to(s.device) for t in self._pairs(o, op))
             if op.kind == "add":
                 contribs.append(s[:, src, 0])
+            elif len(dst) * DENSE_THEN_GATHER >= op.weight.shape[0] * op.weight.shape[1]:
+                contribs.append(dense_contributions(op, s)[:, dst, src])
             else:
-                w = op.weight[dst.to(s.device), src.to(s.device)]  # (E, K)
-                contribs.append(torch.einsum("nek,ek->ne", s[:, src.to(s.device)], w))
+                w = op.weight[dst, src]  # (E, K)
+                contribs.append(torch.einsum("nek,ek->ne", s[:, src], w))
         return self.node_features(values).cpu(), torch.cat(contribs, dim=1).cpu()
 
     def _dynamic(self, inputs: torch.Tensor) -> IPGBatch:

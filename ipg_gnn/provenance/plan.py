@@ -140,14 +140,26 @@ def window_sums(
     """S[n, j, (u, v)]: input channel j summed over every window position at kernel offset
     (u, v), for a convolution with the given geometry. One strided convolution with an all-ones
     kernel of the output's spatial size computes it: its stride is the original dilation and its
-    dilation the original stride."""
+    dilation the original stride (done as two 1-D passes, the kernel being separable)."""
     if is_1d:
         a = a.unsqueeze(2)
     n, c = a.shape[:2]
     out_h, out_w = (1, out_shape[-1]) if is_1d else tuple(out_shape[-2:])
-    padded = F.pad(a, pads).reshape(n * c, 1, *F.pad(a, pads).shape[-2:])
-    ones = torch.ones(1, 1, out_h, out_w, dtype=a.dtype, device=a.device)
-    s = F.conv2d(padded, ones, stride=dilation, dilation=stride)
+    left, right, top, bottom = pads
+    padding = (top, left)
+    if left != right or top != bottom:  # asymmetric ('same' with an even kernel): pad by hand
+        a, padding = F.pad(a, pads), (0, 0)
+    # The all-ones kernel is separable: sum over rows, then over columns.
+    rows = torch.ones(1, 1, out_h, 1, dtype=a.dtype, device=a.device)
+    cols = torch.ones(1, 1, 1, out_w, dtype=a.dtype, device=a.device)
+    s = F.conv2d(
+        a.reshape(n * c, 1, *a.shape[-2:]),
+        rows,
+        stride=(dilation[0], 1),
+        dilation=(stride[0], 1),
+        padding=padding,
+    )
+    s = F.conv2d(s, cols, stride=(1, dilation[1]), dilation=(1, stride[1]))
     return s[:, 0, : kernel[0], : kernel[1]].reshape(n, c, kernel[0] * kernel[1])
 
 
