@@ -21,19 +21,18 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from ipg_gnn.attacks import Attack, seed_attack_rng
-from ipg_gnn.data import ImageDataset, Images, Splits, make_splits
-from ipg_gnn.graphs import IPGDataset, build_store, prepare_capture
-from ipg_gnn.provenance import CaptureConfig
-from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
-from ipg_gnn.targets import (
-    accuracy,
+from ipg_gnn.checkpoints import (
     build_model,
     config_key,
     load_checkpoint,
     model_fingerprint,
     save_checkpoint,
-    train_target,
 )
+from ipg_gnn.data import ImageDataset, Images, Splits, make_splits
+from ipg_gnn.graphs import IPGDataset, build_store, prepare_capture
+from ipg_gnn.provenance import CaptureConfig
+from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
+from ipg_gnn.targets import accuracy, train_target
 
 log = logging.getLogger(__name__)
 

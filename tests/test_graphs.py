@@ -10,6 +10,7 @@ from art.attacks.evasion import ProjectedGradientDescent
 from torch_geometric.loader import DataLoader
 
 from ipg_gnn.attacks import Attack
+from ipg_gnn.checkpoints import model_fingerprint
 from ipg_gnn.graphs import (
     GraphStore,
     IPGDataset,
@@ -19,7 +20,7 @@ from ipg_gnn.graphs import (
     prepare_capture,
 )
 from ipg_gnn.provenance import CaptureConfig, IPGCapture
-from ipg_gnn.targets import MLP, model_fingerprint
+from ipg_gnn.targets import MLP
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,8 @@ import torch
 import torch.fx
 
 from ipg_gnn import pipeline
-from ipg_gnn.targets import (
-    MLP,
-    CheckpointMismatchError,
-    SmallCNN,
-    SmallResNet,
-    accuracy,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ipg_gnn.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from ipg_gnn.targets import MLP, SmallCNN, SmallResNet, accuracy
 
 
 @pytest.mark.parametrize(
@@ -91,5 +84,5 @@ def test_checkpoint_of_other_architecture_is_refused(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="widths"):
         load_checkpoint(path, {**arch, "widths": [30]})
     torch.save({"weights": 1}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointMismatchError, match="not an ipg-gnn"):
+    with pytest.raises(CheckpointMismatchError, match="not an ipg-gnn checkpoint"):
         load_checkpoint(tmp_path / "other.pt", arch)

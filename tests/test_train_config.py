@@ -8,6 +8,7 @@ import pytest
 from hydra.utils import instantiate
 
 from ipg_gnn.attacks import ATTACKS, Attack
+from ipg_gnn.checkpoints import load_checkpoint, model_fingerprint
 from ipg_gnn.graphs import IPGDataset
 from ipg_gnn.pipeline import (
     format_attack_table,
@@ -16,7 +17,6 @@ from ipg_gnn.pipeline import (
     run_train,
     target_arch,
 )
-from ipg_gnn.targets import load_checkpoint, model_fingerprint
 from tests.conftest import ROOT, compose_config
 
 

@@ -14,10 +14,11 @@ import torch
 from torch import nn
 
 from ipg_gnn.attacks import Attack, seed_attack_rng
+from ipg_gnn.checkpoints import model_fingerprint
 from ipg_gnn.data import Images
 from ipg_gnn.graphs.store import GraphStore, Topology
 from ipg_gnn.provenance import CaptureConfig, IPGCapture
-from ipg_gnn.targets import model_fingerprint, predict
+from ipg_gnn.targets import predict
 
 
 def prepare_capture(
