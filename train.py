@@ -1,5 +1,7 @@
 """Hydra entry point: `python train.py [overrides]` (see conf/train.yaml)."""
 
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
@@ -9,8 +11,11 @@ from ipg_gnn.pipeline import format_attack_table, run_train
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
     report = run_train(cfg)
-    print(f"target: {report['target']['origin']} ({report['target']['checkpoint']})")
-    print(format_attack_table(report))
+    target = report["attack"]["target"]
+    print(f"target: {target['origin']} ({target['checkpoint']})")
+    print(format_attack_table(report["attack"]))
+    print()
+    print((Path(cfg.paths.output_dir) / "detector_report.md").read_text())
     print(cfg.paths.output_dir)
 
 

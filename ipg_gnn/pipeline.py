@@ -5,8 +5,10 @@ Every stage is usable on its own from Python; the entry points only pick the run
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +17,12 @@ from typing import Any
 import lightning as L
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
+from tqdm.auto import tqdm
 
 from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.checkpoints import (
@@ -29,7 +33,9 @@ from ipg_gnn.checkpoints import (
     save_checkpoint,
 )
 from ipg_gnn.data import ImageDataset, Images, Splits, make_splits
-from ipg_gnn.graphs import IPGDataset, build_store, prepare_capture
+from ipg_gnn.detect import Activations, evaluate_scores, fit_detector, score_graphs
+from ipg_gnn.detect.report import markdown_report, plot_roc_curves, plot_transfer
+from ipg_gnn.graphs import GraphStore, IPGDataset, build_store, prepare_capture
 from ipg_gnn.provenance import CaptureConfig
 from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
 from ipg_gnn.targets import accuracy, train_target
@@ -258,42 +264,191 @@ def plot_example_ipgs(ipgs: Mapping[str, Any], split: str, out: Path) -> list[Pa
     return paths
 
 
-def run_train(cfg: DictConfig) -> dict[str, Any]:
-    """The `train.py` job: data and splits -> target model -> attacks on the test split ->
-    IPG datasets of every configured split and attack.
+IPG_SPLITS_NEEDED = ("ipg_train", "ipg_val", "test")
 
-    Writes `train_config.yaml`, `splits.*`, `target.pt`, `attack_report.json`,
-    `ipg_datasets.json` and example IPG pictures into `paths.output_dir`: together, what the
-    later stages need."""
+
+class StageClock:
+    """Wall time per named stage (`with clock("name"): ...`), for the reports."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - start
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + elapsed, 2)
+
+
+def attack_report_from_ipgs(ipgs: Mapping[str, Any], split: str = "test") -> dict[str, Any]:
+    """Clean and adversarial accuracy on `split`, read from its IPG stores (each graph records
+    the target's prediction on its input), so no attack runs twice."""
+    stores = ipgs["stores"][split]
+    benign = GraphStore(Path(ipgs["root"]) / stores["benign"]).load()
+    report: dict[str, Any] = {
+        "n": len(benign["pred"]),
+        "adv_acc": {},
+        "eps": {},
+        "attack_success_rate": {},
+    }
+    report["clean_acc"] = float((benign["pred"] == benign["true_label"]).float().mean())
+    for attack, name in stores.items():
+        if attack != "benign":
+            store = GraphStore(Path(ipgs["root"]) / name)
+            adv = store.load()
+            report["adv_acc"][attack] = float((adv["pred"] == adv["true_label"]).float().mean())
+            report["attack_success_rate"][attack] = float(adv["success"].float().mean())
+            report["eps"][attack] = store.manifest()["eps"]
+    return report
+
+
+def ipg_dataset(ipgs: Mapping[str, Any], split: str, attacks: list[str]) -> IPGDataset:
+    """The benign graphs of `split` plus its adversarial graphs under `attacks`."""
+    stores = ipgs["stores"][split]
+    return IPGDataset(
+        ipgs["root"],
+        [stores["benign"], *(stores[a] for a in attacks)],
+        fingerprint=ipgs["fingerprint"],
+    )
+
+
+def detector_arch(cfg: DictConfig, num_nodes: int) -> dict[str, Any]:
+    return {**_plain(cfg.gnn.model), "num_nodes": num_nodes}
+
+
+def train_gnn_detector(
+    cfg: DictConfig,
+    train: IPGDataset,
+    val: IPGDataset,
+    directory: Path,
+    loggers: list[Logger] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the configured GNN and fit it on `train`, selecting by AUROC on `val`."""
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = build_model(detector_arch(cfg, train.topology.num_nodes))
+    g = cfg.gnn.train
+
+    def trainer(callbacks: list) -> L.Trainer:
+        return instantiate(
+            cfg.trainer,
+            max_epochs=g.max_epochs,
+            callbacks=callbacks,
+            logger=loggers or False,
+            enable_checkpointing=True,
+            default_root_dir=str(directory),
+        )
+
+    info = fit_detector(
+        model, train, val, trainer, directory, g.batch_size, g.lr, g.weight_decay, g.patience
+    )
+    return model.eval(), info
+
+
+def run_detection(
+    cfg: DictConfig,
+    ipgs: Mapping[str, Any],
+    out: Path,
+    loggers: list[Logger] | None = None,
+    clock: StageClock | None = None,
+) -> tuple[dict[str, Any], list[Path]]:
+    """Train the GNN detector on `ipg_train` (selected on `ipg_val`), compare it with the
+    baselines on the same graphs, measure transfer across attacks; test split only for
+    numbers. Writes `detector.pt`, `detector_report.{json,md}` and the plots."""
+    attacks = list(cfg.detector.attacks or [a for a in ipgs["stores"]["test"] if a != "benign"])
+    clock = clock or StageClock()
+    train, val, test = (ipg_dataset(ipgs, s, attacks) for s in IPG_SPLITS_NEEDED)
+    with clock("detector"):
+        model, info = train_gnn_detector(cfg, train, val, out / "detector", loggers)
+    save_checkpoint(out / "detector.pt", model, detector_arch(cfg, train.topology.num_nodes), info)
+    scores = {"GNN": score_graphs(model, test)}
+    gnn = evaluate_scores(scores["GNN"], test.tensors, test.attacks)
+    train_acts, test_acts = Activations.of(train), Activations.of(test)
+    baselines = {}
+    for name, spec in (cfg.detector.baselines or {}).items():
+        with clock(f"baseline_{name}"):
+            scores[name] = torch.from_numpy(instantiate(spec).fit(train_acts).score(test_acts))
+        result = evaluate_scores(scores[name], test.tensors, test.attacks)
+        baselines[name] = {**result["all"], "per_attack": result["per_attack"]}
+    transfer = {}
+    if cfg.detector.transfer and len(attacks) > 1:
+        with clock("transfer"):
+            for source in tqdm(attacks, desc="transfer detectors"):
+                one, _ = train_gnn_detector(
+                    cfg,
+                    ipg_dataset(ipgs, "ipg_train", [source]),
+                    ipg_dataset(ipgs, "ipg_val", [source]),
+                    out / "transfer" / source,
+                )
+                result = evaluate_scores(score_graphs(one, test), test.tensors, test.attacks)
+                transfer[source] = {a: result["per_attack"][a]["auroc"] for a in attacks}
+    report = {
+        "test": gnn["all"],
+        "per_attack": gnn["per_attack"],
+        "baselines": baselines,
+        "transfer": transfer,
+        "n_graphs": {s: len(d) for s, d in zip(IPG_SPLITS_NEEDED, (train, val, test), strict=True)},
+        "detector": {"gnn": cfg.gnn.model.conv, "checkpoint": str(out / "detector.pt"), **info},
+        "timing_s": clock.seconds,
+    }
+    (out / "detector_report.json").write_text(json.dumps(report, indent=2))
+    (out / "detector_report.md").write_text(markdown_report(report))
+    plots = [plot_roc_curves(scores, test.tensors, test.attacks, out / "roc_curves.png")]
+    if transfer:
+        plots.append(plot_transfer(transfer, out / "transfer_auroc.png"))
+    return report, plots
+
+
+def run_train(cfg: DictConfig) -> dict[str, Any]:
+    """The `train.py` job: data and splits -> target model -> IPG datasets of every configured
+    split and attack -> GNN detector, baselines and transfer -> reports.
+
+    Writes into `paths.output_dir`: `train_config.yaml`, `splits.*`, `target.pt`,
+    `attack_report.json`, `ipg_datasets.json`, example IPG pictures, `detector.pt`,
+    `detector_report.{json,md}`, `roc_curves.png` and `transfer_auroc.png`."""
+    missing = [s for s in IPG_SPLITS_NEEDED if s not in cfg.ipg.splits]
+    if missing:
+        raise ValueError(
+            f"ipg.splits must include {', '.join(IPG_SPLITS_NEEDED)} (the "
+            f"detector trains, selects and tests on them); missing "
+            f"{', '.join(missing)}"
+        )
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, out / TRAIN_CONFIG, resolve=True)
     loggers = make_loggers(cfg)
-    data, splits = load_data(cfg, out)
-    model, origin = obtain_target(cfg, data, splits, loggers)
+    clock = StageClock()
+    with clock("data"):
+        data, splits = load_data(cfg, out)
+    with clock("target"):
+        model, origin = obtain_target(cfg, data, splits, loggers)
     save_checkpoint(out / "target.pt", model, target_arch(cfg, data), origin)
-    attacks = make_attacks(cfg)
-    report = evaluate_attacks(
-        model, splits.images(data, "test"), attacks, cfg.eval_batch_size, cfg.seed
-    )
-    report = {"dataset": data.name, "splits": splits.sizes(), "target": origin, **report}
-    (out / "attack_report.json").write_text(json.dumps(report, indent=2))
-    ipgs = build_ipg_datasets(cfg, model, data, splits, attacks)
+    with clock("ipg_datasets"):
+        ipgs = build_ipg_datasets(cfg, model, data, splits, make_attacks(cfg))
     (out / "ipg_datasets.json").write_text(json.dumps(ipgs, indent=2))
-    pictures = plot_example_ipgs(ipgs, cfg.ipg.splits[-1], out)
+    attack_report = {
+        "dataset": data.name,
+        "splits": splits.sizes(),
+        "target": origin,
+        **attack_report_from_ipgs(ipgs),
+    }
+    (out / "attack_report.json").write_text(json.dumps(attack_report, indent=2))
+    detection, plots = run_detection(cfg, ipgs, out, loggers, clock)
+    plots += plot_example_ipgs(ipgs, "test", out)
+    metrics = {
+        "test/clean_acc": attack_report["clean_acc"],
+        **{f"test/adv_acc/{k}": v for k, v in attack_report["adv_acc"].items()},
+        **{f"detector/test_{k}": v for k, v in detection["test"].items() if isinstance(v, float)},
+        **{f"detector/test_auroc/{a}": r["auroc"] for a, r in detection["per_attack"].items() if r},
+    }
     for lg in loggers:
-        lg.log_metrics(
-            {
-                "test/clean_acc": report["clean_acc"],
-                **{f"test/adv_acc/{k}": v for k, v in report["adv_acc"].items()},
-            }
-        )
+        lg.log_metrics(metrics)
         if isinstance(lg, WandbLogger):
-            lg.log_image(
-                "ipg/examples", [str(p) for p in pictures], caption=[p.stem for p in pictures]
-            )
+            lg.log_image("plots", [str(p) for p in plots], caption=[p.stem for p in plots])
     close_loggers(loggers)
-    return {**report, "ipg": ipgs}
+    return {"attack": attack_report, "detection": detection, "ipg": ipgs}
 
 
 TRAIN_CONFIG = "train_config.yaml"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from ipg_gnn.attacks import ATTACKS, Attack
@@ -19,29 +23,89 @@ from ipg_gnn.pipeline import (
 )
 from tests.conftest import ROOT, compose_config
 
+# A small train.py job: capped splits, two attacks, one training batch per Lightning fit.
+TINY = [
+    "+trainer.fast_dev_run=true",
+    "attack=[fgsm,pgd]",
+    "split.max_size={ipg_train:60,ipg_val:30,test:40}",
+]
 
-def test_train_job_with_fast_dev_run_and_offline_wandb(tmp_path):
-    cfg = compose_config(
-        "train", tmp_path, ["+trainer.fast_dev_run=true", "logger=wandb", "ipg.splits=[ipg_val]"]
-    )
+
+def test_train_job_end_to_end_with_offline_wandb(tmp_path):
+    cfg = compose_config("train", tmp_path, [*TINY, "logger=wandb"])
     report = run_train(cfg)
     run = tmp_path / "run"
-    saved = json.loads((run / "attack_report.json").read_text())
-    assert saved == {k: v for k, v in report.items() if k != "ipg"}
+    attack = json.loads((run / "attack_report.json").read_text())
+    assert attack == report["attack"] and set(attack["adv_acc"]) == {"fgsm", "pgd"}
+    assert attack["n"] == 40 and attack["target"]["origin"] == "trained"
+    assert "clean" in format_attack_table(attack)
     ipgs = json.loads((run / "ipg_datasets.json").read_text())
-    assert ipgs == report["ipg"] and set(ipgs["stores"]["ipg_val"]) == {"benign", "fgsm", "pgd"}
-    model = load_checkpoint(run / "target.pt", target_arch(cfg, load_data(cfg, run)[0]))
-    ds = IPGDataset(
-        ipgs["root"], list(ipgs["stores"]["ipg_val"].values()), fingerprint=model_fingerprint(model)
+    assert ipgs == report["ipg"] and set(ipgs["stores"]["test"]) == {"benign", "fgsm", "pgd"}
+    target = load_checkpoint(run / "target.pt", target_arch(cfg, load_data(cfg, run)[0]))
+    test = IPGDataset(
+        ipgs["root"], list(ipgs["stores"]["test"].values()), fingerprint=model_fingerprint(target)
     )
-    assert len(ds) == 3 * 250 and ds.attacks == ["none", "fgsm", "pgd"]
-    for png in ("ipg_benign.png", "ipg_diff_fgsm.png", "ipg_diff_pgd.png"):
+    assert len(test) == 3 * 40 and test.attacks == ["none", "fgsm", "pgd"]
+    # Adversarial accuracy in the report is read back from the graphs' own metadata.
+    adv = test.tensors["is_adv"] & (test.tensors["attack_id"] == 1)
+    expected = float((test.tensors["pred"][adv] == test.tensors["true_label"][adv]).float().mean())
+    assert attack["adv_acc"]["fgsm"] == pytest.approx(expected)
+    det = json.loads((run / "detector_report.json").read_text())
+    assert det == report["detection"]
+    for key in ("auroc", "accuracy", "tpr_at_5fpr"):
+        assert 0.0 <= det["test"][key] <= 1.0
+    assert {"fgsm", "pgd"} == set(det["per_attack"]) and 0 <= det["per_attack"]["pgd"]["auroc"]
+    assert set(det["baselines"]) == {"mahalanobis", "lid", "flat"}
+    assert all(0.0 <= b["auroc"] <= 1.0 for b in det["baselines"].values())
+    assert set(det["transfer"]) == {"fgsm", "pgd"} and set(det["transfer"]["pgd"]) == {
+        "fgsm",
+        "pgd",
+    }
+    assert det["n_graphs"] == {"ipg_train": 180, "ipg_val": 90, "test": 120}
+    detector = load_checkpoint(run / "detector.pt", {**cfg.gnn.model, "num_nodes": 410})
+    assert isinstance(detector, torch.nn.Module)
+    assert "| GNN |" in (run / "detector_report.md").read_text()
+    for png in ("roc_curves.png", "transfer_auroc.png", "ipg_benign.png", "ipg_diff_pgd.png"):
         assert (run / png).stat().st_size > 10_000
-    assert (run / "splits.npz").is_file() and (run / "target.pt").is_file()
-    assert set(report["adv_acc"]) == {"fgsm", "pgd"} and report["n"] == 750
-    assert report["target"]["origin"] == "trained"
     assert list((run / "wandb").glob("offline-run-*")), "no offline W&B run was written"
-    assert "clean" in format_attack_table(report)
+
+
+def test_train_job_needs_the_detector_splits(tmp_path):
+    cfg = compose_config("train", tmp_path, ["ipg.splits=[ipg_train,test]"])
+    with pytest.raises(ValueError, match="missing ipg_val"):
+        run_train(cfg)
+
+
+def test_two_job_multirun_with_the_submitit_local_launcher(tmp_path):
+    command = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "hydra/launcher=submitit_local",
+        "gnn=graphconv,gine",
+        "attack=fgsm",
+        "logger=none",
+        TINY[0],
+        TINY[2],
+        "trainer.enable_progress_bar=false",
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    ]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "WANDB_MODE": "offline"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    reports = sorted((tmp_path / "logs" / "train" / "multiruns").glob("*/*/detector_report.json"))
+    assert len(reports) == 2
+    assert sorted(json.loads(r.read_text())["detector"]["gnn"] for r in reports) == [
+        "gine",
+        "graphconv",
+    ]
 
 
 def test_every_attack_config_instantiates():
@@ -88,7 +152,7 @@ def test_repair_job_evaluates_the_latest_train_run(tmp_path):
             "+trainer.fast_dev_run=true",
             "logger=none",
             "attack=fgsm",
-            "ipg.splits=[ipg_val]",
+            "split.max_size={ipg_train:40,ipg_val:20,test:30}",
             f"paths.output_dir={tmp_path}/logs/train/r1",
         ],
     )
@@ -96,8 +160,11 @@ def test_repair_job_evaluates_the_latest_train_run(tmp_path):
     cfg = compose_config("repair", tmp_path, ["attack=fgsm"])
     report = run_repair(cfg)
     assert report["train_dir"] == str(tmp_path / "logs" / "train" / "r1")
-    assert report["before"]["clean_acc"] == trained["clean_acc"]
-    assert report["before"]["adv_acc"]["fgsm"] == trained["adv_acc"]["fgsm"]
+    assert report["before"]["n"] == 30
+    assert report["before"]["clean_acc"] == pytest.approx(trained["attack"]["clean_acc"])
+    assert report["before"]["adv_acc"]["fgsm"] == pytest.approx(
+        trained["attack"]["adv_acc"]["fgsm"]
+    )
     assert (tmp_path / "run" / "repair_report.json").is_file()
 
 

@@ -1,0 +1,22 @@
+"""Detecting adversarial inputs from their IPGs: GNN classifiers and activation baselines."""
+
+from ipg_gnn.detect.baselines import LID, Activations, FeatureDetector, FlatActivations, Mahalanobis
+from ipg_gnn.detect.metrics import detection_metrics, evaluate_scores, tpr_at_fpr
+from ipg_gnn.detect.models import CONVS, IPGClassifier
+from ipg_gnn.detect.training import DetectorModule, fit_detector, score_graphs
+
+__all__ = [
+    "CONVS",
+    "LID",
+    "Activations",
+    "DetectorModule",
+    "FeatureDetector",
+    "FlatActivations",
+    "IPGClassifier",
+    "Mahalanobis",
+    "detection_metrics",
+    "evaluate_scores",
+    "fit_detector",
+    "score_graphs",
+    "tpr_at_fpr",
+]
