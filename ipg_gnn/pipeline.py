@@ -20,11 +20,11 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from ipg_gnn.attacks import Attack, seed_attack_rng
+from ipg_gnn.attacks import Attack
 from ipg_gnn.checkpoints import (
     build_model,
     config_key,
@@ -32,13 +32,13 @@ from ipg_gnn.checkpoints import (
     model_fingerprint,
     save_checkpoint,
 )
-from ipg_gnn.data import ImageDataset, Images, Splits, make_splits
+from ipg_gnn.data import ImageDataset, Splits, make_splits
 from ipg_gnn.detect import Activations, evaluate_scores, fit_detector, score_graphs
 from ipg_gnn.detect.report import markdown_report, plot_roc_curves, plot_transfer
 from ipg_gnn.graphs import GraphStore, IPGDataset, build_store, prepare_capture
 from ipg_gnn.provenance import CaptureConfig
 from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
-from ipg_gnn.targets import accuracy, train_target
+from ipg_gnn.targets import train_target
 
 log = logging.getLogger(__name__)
 
@@ -145,31 +145,6 @@ def obtain_target(
 def make_attacks(cfg: DictConfig) -> dict[str, Attack]:
     """Instantiate every attack of the `attack` group, by name."""
     return {name: instantiate(c) for name, c in cfg.attack.items()}
-
-
-def evaluate_attacks(
-    model: nn.Module,
-    images: Images,
-    attacks: Mapping[str, Attack],
-    batch_size: int = 1000,
-    seed: int = 0,
-) -> dict[str, Any]:
-    """Clean and adversarial accuracy of `model` on `images`, attacks crafted against `model`
-    (each attack's random start seeded with `seed`, so reports are reproducible)."""
-    report: dict[str, Any] = {
-        "n": len(images),
-        "clean_acc": accuracy(model, images, batch_size),
-        "adv_acc": {},
-        "attack_success_rate": {},
-        "eps": {},
-    }
-    for name, attack in attacks.items():
-        seed_attack_rng(seed)
-        result = attack(model, images.x, images.y)
-        report["adv_acc"][name] = float((result.pred == images.y).float().mean())
-        report["attack_success_rate"][name] = float(result.success.float().mean())
-        report["eps"][name] = attack.eps
-    return report
 
 
 def format_attack_table(report: Mapping[str, Any]) -> str:
@@ -364,13 +339,13 @@ def run_detection(
         model, info = train_gnn_detector(cfg, train, val, out / "detector", loggers)
     save_checkpoint(out / "detector.pt", model, detector_arch(cfg, train.topology.num_nodes), info)
     scores = {"GNN": score_graphs(model, test)}
-    gnn = evaluate_scores(scores["GNN"], test.tensors, test.attacks)
+    gnn = evaluate_scores(scores["GNN"], test.meta, test.attacks)
     train_acts, test_acts = Activations.of(train), Activations.of(test)
     baselines = {}
     for name, spec in (cfg.detector.baselines or {}).items():
         with clock(f"baseline_{name}"):
             scores[name] = torch.from_numpy(instantiate(spec).fit(train_acts).score(test_acts))
-        result = evaluate_scores(scores[name], test.tensors, test.attacks)
+        result = evaluate_scores(scores[name], test.meta, test.attacks)
         baselines[name] = {**result["all"], "per_attack": result["per_attack"]}
     transfer = {}
     if cfg.detector.transfer and len(attacks) > 1:
@@ -382,7 +357,7 @@ def run_detection(
                     ipg_dataset(ipgs, "ipg_val", [source]),
                     out / "transfer" / source,
                 )
-                result = evaluate_scores(score_graphs(one, test), test.tensors, test.attacks)
+                result = evaluate_scores(score_graphs(one, test), test.meta, test.attacks)
                 transfer[source] = {a: result["per_attack"][a]["auroc"] for a in attacks}
     report = {
         "test": gnn["all"],
@@ -395,7 +370,7 @@ def run_detection(
     }
     (out / "detector_report.json").write_text(json.dumps(report, indent=2))
     (out / "detector_report.md").write_text(markdown_report(report))
-    plots = [plot_roc_curves(scores, test.tensors, test.attacks, out / "roc_curves.png")]
+    plots = [plot_roc_curves(scores, test.meta, test.attacks, out / "roc_curves.png")]
     if transfer:
         plots.append(plot_transfer(transfer, out / "transfer_auroc.png"))
     return report, plots
@@ -491,24 +466,3 @@ def load_train_run(directory: str | Path) -> TrainRun:
     data: ImageDataset = instantiate(cfg.dataset.source, _partial_=True)()
     model = load_checkpoint(directory / "target.pt", target_arch(cfg, data))
     return TrainRun(directory, cfg, data, Splits.load(directory), model)
-
-
-def run_repair(cfg: DictConfig) -> dict[str, Any]:
-    """The `repair.py` job. For now it measures the train run's target on the test split with
-    the configured attacks re-crafted against it (the "before" of a repair report)."""
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
-    run = load_train_run(train_dir)
-    with open_dict(cfg):
-        cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
-    before = evaluate_attacks(
-        run.model,
-        run.splits.images(run.data, "test"),
-        make_attacks(cfg),
-        cfg.eval_batch_size,
-        cfg.seed,
-    )
-    report = {"train_dir": str(train_dir), "n_test": before["n"], "before": before}
-    (out / "repair_report.json").write_text(json.dumps(report, indent=2))
-    return report

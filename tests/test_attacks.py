@@ -74,9 +74,9 @@ def test_every_configured_attack_runs_and_fools_the_model(name, trained_default,
 
 
 def test_seeded_evaluation_is_reproducible(trained_default, test_images):
-    from ipg_gnn.pipeline import evaluate_attacks
+    from ipg_gnn.repair.evaluate import evaluate_attacks
 
     attacks = {"pgd": pgd(0.05)}
-    first = evaluate_attacks(trained_default["model"], test_images, attacks, seed=3)
-    again = evaluate_attacks(trained_default["model"], test_images, attacks, seed=3)
+    first, _ = evaluate_attacks(trained_default["model"], test_images, attacks, seed=3)
+    again, _ = evaluate_attacks(trained_default["model"], test_images, attacks, seed=3)
     assert first == again and 0 < first["adv_acc"]["pgd"] < first["clean_acc"]

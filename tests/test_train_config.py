@@ -142,34 +142,9 @@ def test_missing_data_files_error_from_config(tmp_path):
     assert not (tmp_path / "run" / "splits.npz").exists()
 
 
-def test_repair_job_evaluates_the_latest_train_run(tmp_path):
-    from ipg_gnn.pipeline import run_repair
-
-    train_cfg = compose_config(
-        "train",
-        tmp_path,
-        [
-            "+trainer.fast_dev_run=true",
-            "logger=none",
-            "attack=fgsm",
-            "split.max_size={ipg_train:40,ipg_val:20,test:30}",
-            f"paths.output_dir={tmp_path}/logs/train/r1",
-        ],
-    )
-    trained = run_train(train_cfg)
-    cfg = compose_config("repair", tmp_path, ["attack=fgsm"])
-    report = run_repair(cfg)
-    assert report["train_dir"] == str(tmp_path / "logs" / "train" / "r1")
-    assert report["before"]["n"] == 30
-    assert report["before"]["clean_acc"] == pytest.approx(trained["attack"]["clean_acc"])
-    assert report["before"]["adv_acc"]["fgsm"] == pytest.approx(
-        trained["attack"]["adv_acc"]["fgsm"]
-    )
-    assert (tmp_path / "run" / "repair_report.json").is_file()
-
-
 def test_repair_without_train_run_is_a_clear_error(tmp_path):
-    from ipg_gnn.pipeline import load_train_run, run_repair
+    from ipg_gnn.pipeline import load_train_run
+    from ipg_gnn.repair.job import run_repair
 
     with pytest.raises(FileNotFoundError, match="run `python train.py` first"):
         run_repair(compose_config("repair", tmp_path))

@@ -37,12 +37,13 @@ class Activations:
 
     @classmethod
     def of(cls, dataset: IPGDataset) -> Activations:
-        x = dataset.tensors["x"][:, :, 0].double().numpy()
+        meta = dataset.meta
+        x = meta["x"][:, :, 0].double().numpy()
         layers = [
             x[:, layer["offset"] : layer["offset"] + layer["num_units"]]
             for layer in dataset.topology.layers
         ]
-        return cls(layers, dataset.labels.numpy(), dataset.tensors["true_label"].numpy())
+        return cls(layers, meta["is_adv"].long().numpy(), meta["true_label"].numpy())
 
     def benign(self) -> Activations:
         keep = self.is_adv == 0

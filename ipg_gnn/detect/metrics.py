@@ -36,7 +36,7 @@ def evaluate_scores(
     scores: torch.Tensor, meta: Mapping[str, torch.Tensor], attacks: Sequence[str]
 ) -> dict:
     """Metrics of detector `scores` on graphs described by `meta` (`is_adv`, `success`,
-    `attack_id` as in `IPGDataset.tensors`): overall and per attack, each on all adversarial
+    `attack_id` as in `IPGDataset.meta`): overall and per attack, each on all adversarial
     graphs and on those whose attack succeeded (benign graphs always included)."""
     adv, success, attack_id = meta["is_adv"].bool(), meta["success"].bool(), meta["attack_id"]
     benign = ~adv

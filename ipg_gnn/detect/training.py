@@ -66,7 +66,7 @@ class DetectorModule(L.LightningModule):
 
 def normalize_from(model: IPGClassifier, train: IPGDataset) -> IPGClassifier:
     """Set the detector's input statistics from the training graphs."""
-    t = train.tensors
+    t = train.meta
     weight = t["weight"] if train.dynamic else train.topology.weight.expand_as(t["contribution"])
     edges = torch.stack([t["contribution"].reshape(-1), weight.reshape(-1)], dim=1)
     return model.fit_normalization(t["x"], edges)

@@ -72,6 +72,12 @@ class IPGDataset(Dataset):
         )
 
     @property
+    def meta(self) -> dict[str, torch.Tensor]:
+        """The per-graph tensors of this dataset (or of this view, after `dataset[indices]`)."""
+        index = torch.as_tensor(list(self.indices()), dtype=torch.long)
+        return {k: v[index] for k, v in self.tensors.items()}
+
+    @property
     def labels(self) -> torch.Tensor:
         """`y` of every graph (1 = adversarial), without building `Data` objects."""
-        return self.tensors["is_adv"].long()
+        return self.meta["is_adv"].long()

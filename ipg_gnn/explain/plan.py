@@ -1,0 +1,128 @@
+"""Repair plans: per layer, units and edges ranked by attribution, and the targets chosen.
+
+Only weight layers (Linear, Conv) can be repaired: a node target is one unit of such a layer
+(its incoming weights and bias: a row of `W`, a conv filter), an edge target one weight between
+a source unit and a unit of that layer (`W[i, j]`, or the kernel slice `W[i, j, :, :]`). The plan
+is plain JSON and records what produced it, so it can be checked against the model it repairs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ipg_gnn.explain.attribution import Attribution
+from ipg_gnn.graphs import Topology
+
+LEVELS = ("node", "edge")
+REPAIRABLE = ("linear", "conv")
+
+
+class PlanError(ValueError):
+    """A repair plan cannot be made or applied as asked."""
+
+
+@dataclass
+class RepairPlan:
+    """Ranked units and edges per repairable layer, and the chosen targets."""
+
+    fingerprint: str
+    level: str
+    layers: dict[str, dict[str, Any]]  # name -> kind, num_units, units, edges (ranked)
+    targets: dict[str, list]  # name -> [unit, ...] or [[source node, unit], ...]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    def save(self, path: str | Path) -> Path:
+        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RepairPlan:
+        return cls(**json.loads(Path(path).read_text()))
+
+    def check_model(self, fingerprint: str) -> None:
+        if fingerprint != self.fingerprint:
+            raise PlanError(
+                f"this plan was made for model {self.fingerprint}, not for "
+                f"{fingerprint}; make a new plan for this model"
+            )
+
+    @property
+    def num_targets(self) -> int:
+        return sum(len(t) for t in self.targets.values())
+
+
+def rank_layers(attribution: Attribution, topology: Topology) -> dict[str, dict[str, Any]]:
+    """Per repairable layer: units ranked by contrasted node importance, and incoming edges
+    ranked by contrasted edge importance (source as a global node index and (layer, unit))."""
+    table = topology.node_table()
+    src, dst = topology.edge_index
+    layers = {}
+    for layer in topology.layers:
+        if layer["kind"] not in REPAIRABLE:
+            continue
+        lo, hi = layer["offset"], layer["offset"] + layer["num_units"]
+        node_scores = attribution.node[lo:hi]
+        order = torch.argsort(node_scores, descending=True, stable=True)
+        incoming = torch.nonzero((dst >= lo) & (dst < hi)).flatten()
+        edge_order = incoming[
+            torch.argsort(attribution.edge[incoming], descending=True, stable=True)
+        ]
+        layers[layer["name"]] = {
+            "kind": layer["kind"],
+            "num_units": layer["num_units"],
+            "units": [[int(u), float(node_scores[u])] for u in order],
+            "edges": [
+                [int(src[e]), *table[int(src[e])], int(dst[e]) - lo, float(attribution.edge[e])]
+                for e in edge_order
+            ],
+        }
+    return layers
+
+
+def make_plan(
+    attribution: Attribution,
+    topology: Topology,
+    level: str = "node",
+    layers: Sequence[str] | None = None,
+    k: int | Mapping[str, int] = 10,
+    provenance: Mapping[str, Any] | None = None,
+) -> RepairPlan:
+    """Choose the `k` top-ranked targets (per layer, or a count for each layer) of each layer in
+    `layers` (default: every repairable layer)."""
+    if level not in LEVELS:
+        raise PlanError(f"repair level must be one of {LEVELS}; got {level!r}")
+    ranked = rank_layers(attribution, topology)
+    chosen = list(layers) if layers else list(ranked)
+    unknown = [name for name in chosen if name not in ranked]
+    if unknown:
+        raise PlanError(
+            f"no repairable layer {', '.join(unknown)}; valid layers: {', '.join(ranked)}"
+        )
+    targets = {}
+    for name in chosen:
+        pool = ranked[name]["units" if level == "node" else "edges"]
+        count = int(k[name] if isinstance(k, Mapping) else k)
+        if count < 1 or count > len(pool):
+            raise PlanError(
+                f"a budget of {count} {level} targets does not fit layer {name}, "
+                f"which has {len(pool)} "
+                f"{'units' if level == 'node' else 'captured incoming edges'}"
+            )
+        targets[name] = (
+            [u for u, _ in pool[:count]]
+            if level == "node"
+            else [[e[0], e[3]] for e in pool[:count]]
+        )
+    return RepairPlan(
+        topology.fingerprint,
+        level,
+        ranked,
+        targets,
+        {"explainer": attribution.explainer, **(provenance or {})},
+    )

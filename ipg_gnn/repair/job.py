@@ -1,0 +1,238 @@
+"""The `repair.py` job: attribution -> repair plan -> targeted repair -> baselines ->
+evaluation on the test split, for one `train.py` run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from ipg_gnn.checkpoints import load_checkpoint, save_checkpoint
+from ipg_gnn.data import Images
+from ipg_gnn.explain import PlanError, RepairPlan, attribute, make_plan
+from ipg_gnn.explain.plot import plot_plan
+from ipg_gnn.pipeline import (
+    StageClock,
+    TrainRun,
+    build_ipg_datasets,
+    detector_arch,
+    ipg_dataset,
+    latest_train_run,
+    load_train_run,
+    make_attacks,
+    target_arch,
+)
+from ipg_gnn.provenance import build_plan
+from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks, mean_unit_outputs
+from ipg_gnn.repair.finetune import masked_finetune
+from ipg_gnn.repair.masks import (
+    Masks,
+    all_masks,
+    count_allowed,
+    layer_masks,
+    params_per_target,
+    plan_masks,
+)
+from ipg_gnn.repair.report import markdown_report
+
+log = logging.getLogger(__name__)
+BASELINES = ("random", "last_layer", "full_finetune", "activation_patch")
+
+
+def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[Images, Images]:
+    """The repair split cut into a fine-tuning part and a validation part (seeded)."""
+    images = run.splits.images(run.data, "repair")
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_val = max(1, int(round(val_fraction * len(images))))
+    return images.subset(np.sort(order[n_val:])), images.subset(np.sort(order[:n_val]))
+
+
+def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
+    """Attribution over the train run's detector on the repair split's benign and adversarial
+    IPGs (built here, through the same cache as train.py's)."""
+    detector_path = run.directory / "detector.pt"
+    if not detector_path.is_file():
+        raise FileNotFoundError(
+            f"{run.directory} has no detector (detector.pt): run train.py "
+            "to the end before repair.py"
+        )
+    attack = cfg.explainer.attack
+    train_cfg = copy.deepcopy(run.cfg)
+    if attack not in train_cfg.attack:
+        raise ValueError(
+            f"explainer.attack={attack} was not an attack of the train run "
+            f"({', '.join(train_cfg.attack)})"
+        )
+    with open_dict(train_cfg):
+        train_cfg.ipg.splits = ["repair"]
+        train_cfg.attack = {attack: train_cfg.attack[attack]}
+    with clock("repair_ipgs"):
+        ipgs = build_ipg_datasets(
+            train_cfg, run.model, run.data, run.splits, make_attacks(train_cfg)
+        )
+    dataset = ipg_dataset(ipgs, "repair", [attack])
+    detector = load_checkpoint(detector_path, detector_arch(run.cfg, dataset.topology.num_nodes))
+    e = cfg.explainer
+    with clock("attribution"):
+        attribution = attribute(detector, dataset, e.algorithm, e.batch_size, e.epochs, e.lr)
+    return attribution, dataset.topology
+
+
+def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:
+    """Targets per layer: `repair.k`, or `repair.fraction` of each layer's parameters."""
+    counts = {}
+    for layer in layers:
+        if cfg.repair.k is not None:
+            counts[layer] = int(cfg.repair.k)
+        else:
+            total = sum(p.numel() for p in model.get_submodule(layer).parameters())
+            per = params_per_target(model, capture_plan, layer, cfg.repair.level)
+            counts[layer] = max(1, int(cfg.repair.fraction * total // per))
+    return counts
+
+
+def random_plan(plan: RepairPlan, seed: int) -> RepairPlan:
+    """A plan of the same layers, level and budget with targets drawn at random."""
+    generator = torch.Generator().manual_seed(seed)
+    targets = {}
+    for layer, chosen in plan.targets.items():
+        pool = plan.layers[layer]["units" if plan.level == "node" else "edges"]
+        pick = torch.randperm(len(pool), generator=generator)[: len(chosen)].tolist()
+        targets[layer] = (
+            [pool[i][0] for i in pick]
+            if plan.level == "node"
+            else [[pool[i][0], pool[i][3]] for i in pick]
+        )
+    return RepairPlan(
+        plan.fingerprint, plan.level, plan.layers, targets, {**plan.provenance, "random": True}
+    )
+
+
+def planned_units(plan: RepairPlan) -> dict[str, list[int]]:
+    """The units each plan touches: its node targets, or the units its edges feed."""
+    if plan.level == "node":
+        return {layer: list(t) for layer, t in plan.targets.items()}
+    return {layer: sorted({unit for _, unit in t}) for layer, t in plan.targets.items()}
+
+
+def _method_masks(name: str, model: nn.Module, plan: RepairPlan, capture_plan, seed: int) -> Masks:
+    if name == "targeted":
+        return plan_masks(model, plan, capture_plan)
+    if name == "random":
+        return plan_masks(model, random_plan(plan, seed), capture_plan)
+    if name == "last_layer":
+        last = [op.layer.name for op in capture_plan.ops if op.kind != "add"][-1]
+        return layer_masks(model, [last])
+    return all_masks(model)
+
+
+def run_repair(cfg: DictConfig) -> dict[str, Any]:
+    """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
+    `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}`."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    unknown = set(cfg.repair.baselines) - set(BASELINES)
+    if unknown:
+        raise ValueError(f"unknown repair baselines {sorted(unknown)}; known: {BASELINES}")
+    clock = StageClock()
+    train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
+    run = load_train_run(train_dir)
+    with open_dict(cfg):
+        cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
+    OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
+    attribution, topology = explain_repair_split(cfg, run, clock)
+    fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
+    capture_plan = build_plan(run.model, fine_tune.x[:1])
+    repairable = [op.layer.name for op in capture_plan.ops if op.kind != "add"]
+    layer = cfg.repair.layer
+    layers = [layer] if isinstance(layer, str) else list(layer or repairable)
+    unknown = [name for name in layers if name not in repairable]
+    if unknown:
+        raise PlanError(
+            f"no weight layer {', '.join(unknown)} in this model; valid layers: "
+            f"{', '.join(repairable)}"
+        )
+    plan = make_plan(
+        attribution,
+        topology,
+        cfg.repair.level,
+        layers,
+        plan_counts(cfg, run.model, capture_plan, layers),
+        {
+            "train_dir": str(train_dir),
+            "detector": str(train_dir / "detector.pt"),
+            "explainer_attack": cfg.explainer.attack,
+        },
+    )
+    plan.save(out / "repair_plan.json")
+    plot_plan(plan, out / "repair_plan.png")
+    test = run.splits.images(run.data, "test")
+    attacks = make_attacks(cfg)
+    with clock("evaluate_before"):
+        before, original_adv = evaluate_attacks(
+            run.model, test, attacks, cfg.eval_batch_size, cfg.seed
+        )
+    train_attack = instantiate(cfg.repair.train_attack)
+    results = {}
+    for name in ["targeted", *cfg.repair.baselines]:
+        with clock(f"repair_{name}"):
+            if name == "activation_patch":
+                units = planned_units(plan)
+                model = ActivationPatch(
+                    run.model,
+                    {
+                        lay: (u, mean_unit_outputs(run.model, lay, u, fine_tune))
+                        for lay, u in units.items()
+                    },
+                )
+                info = {
+                    "params_changed": 0,
+                    "params_changed_fraction": 0.0,
+                    "params_allowed": 0,
+                    "units_patched": sum(map(len, units.values())),
+                }
+            else:
+                model = copy.deepcopy(run.model)
+                masks = _method_masks(name, model, plan, capture_plan, cfg.seed)
+                info = masked_finetune(
+                    model, masks, fine_tune, val, train_attack, seed=cfg.seed, **cfg.repair.finetune
+                )
+                info["params_allowed"] = count_allowed(masks)
+        info["repair_seconds"] = clock.seconds[f"repair_{name}"]
+        with clock(f"evaluate_{name}"):
+            evaluation, _ = evaluate_attacks(
+                model, test, attacks, cfg.eval_batch_size, cfg.seed, transfer_from=original_adv
+            )
+        results[name] = {**evaluation, **info}
+        if name == "targeted":
+            save_checkpoint(
+                out / "repaired.pt",
+                model,
+                target_arch(run.cfg, run.data),
+                {"plan": str(out / "repair_plan.json")},
+            )
+        log.info("%s: clean %.4f, adv %s", name, evaluation["clean_acc"], evaluation["adv_acc"])
+    report = {
+        "train_dir": str(train_dir),
+        "n_test": len(test),
+        "before": before,
+        "after": results.pop("targeted"),
+        "baselines": results,
+        "plan": {
+            "level": plan.level,
+            "explainer": cfg.explainer.algorithm,
+            "targets": {lay: len(t) for lay, t in plan.targets.items()},
+        },
+        "timing_s": clock.seconds,
+    }
+    (out / "repair_report.json").write_text(json.dumps(report, indent=2))
+    (out / "repair_report.md").write_text(markdown_report(report))
+    return report

@@ -1,0 +1,218 @@
+"""Attribution, repair plans, masked repair and the repair.py job."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import pytest
+import torch
+from art.attacks.evasion import ProjectedGradientDescent
+
+from ipg_gnn.attacks import Attack
+from ipg_gnn.checkpoints import load_checkpoint
+from ipg_gnn.explain import EXPLAINERS, PlanError, RepairPlan, attribute, make_plan
+from ipg_gnn.provenance import build_plan
+from ipg_gnn.repair import all_masks, masked_finetune, plan_masks
+from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks
+from ipg_gnn.targets import MLP
+from tests.conftest import compose_config
+from tests.test_detect import ipgs  # noqa: F401  (module fixture: real FGSM IPGs)
+
+PGD = functools.partial(
+    ProjectedGradientDescent, norm="inf", eps=0.15, eps_step=0.03, max_iter=5, verbose=False
+)
+
+
+@pytest.fixture(scope="module")
+def detector(ipgs):  # noqa: F811
+    from ipg_gnn.detect import IPGClassifier
+
+    torch.manual_seed(0)
+    return IPGClassifier(ipgs["test"].topology.num_nodes).eval()
+
+
+@pytest.mark.parametrize("algorithm", EXPLAINERS)
+def test_every_explainer_gives_contrasted_node_and_edge_importances(algorithm, ipgs, detector):  # noqa: F811
+    view = ipgs["test"][torch.cat([torch.arange(8), torch.arange(150, 158)])]
+    a = attribute(detector, view, algorithm, batch_size=8, epochs=2, progress=False)
+    topology = ipgs["test"].topology
+    assert a.node.shape == (topology.num_nodes,)
+    assert a.edge.shape == (topology.edge_index.shape[1],)
+    assert torch.isfinite(a.node).all() and float(a.edge_adv.abs().sum()) > 0
+    torch.testing.assert_close(a.node, a.node_adv - a.node_benign)
+
+
+def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path):  # noqa: F811
+    view = ipgs["test"][torch.cat([torch.arange(8), torch.arange(150, 158)])]
+    a = attribute(detector, view, "saliency", progress=False)
+    topology = ipgs["test"].topology
+    plan = make_plan(a, topology, "node", ["net.3"], k=4)
+    scores = a.node[350:400]
+    assert plan.targets == {"net.3": scores.topk(4).indices.tolist()}
+    assert [u for u, _ in plan.layers["net.3"]["units"]] == scores.argsort(
+        descending=True, stable=True
+    ).tolist()
+    edge_plan = make_plan(a, topology, "edge", ["net.5"], k=3)
+    first = edge_plan.layers["net.5"]["edges"][0]
+    assert first[1] == "net.3" and first[0] == 350 + first[2] and 0 <= first[3] < 10
+    assert RepairPlan.load(plan.save(tmp_path / "p.json")) == plan
+    with pytest.raises(PlanError, match="valid layers: net.1, net.3, net.5"):
+        make_plan(a, topology, "node", ["net.9"], k=1)
+    with pytest.raises(PlanError, match="does not fit layer net.5"):
+        make_plan(a, topology, "node", ["net.5"], k=11)
+    with pytest.raises(PlanError, match="made for model"):
+        plan.check_model("0" * 16)
+
+
+@pytest.mark.parametrize("level", ["node", "edge"])
+def test_masked_repair_changes_only_planned_entries(level, trained_default, ipgs, detector):  # noqa: F811
+    model = trained_default["model"]
+    view = ipgs["test"][torch.cat([torch.arange(8), torch.arange(150, 158)])]
+    plan = make_plan(
+        attribute(detector, view, "saliency", progress=False),
+        ipgs["test"].topology,
+        level,
+        ["net.3"],
+        k=3,
+    )
+    images = trained_default["splits"].images(trained_default["data"], "repair")
+    capture_plan = build_plan(model, images.x[:1])
+    masks = plan_masks(model, plan, capture_plan)
+    allowed = int(masks["net.3.weight"].sum())
+    assert allowed == (3 * 350 if level == "node" else 3)
+    repaired = MLP((1, 28, 28), 10)
+    repaired.load_state_dict(model.state_dict())
+    info = masked_finetune(
+        repaired,
+        masks,
+        images.subset(range(0, 400, 4)),
+        images.subset(range(1, 400, 4)),
+        Attack("pgd", PGD, progress=False),
+        epochs=1,
+        batch_size=25,
+        lr=1e-2,
+        tolerance=1.0,
+        progress=False,
+    )
+    before, after = model.state_dict(), repaired.state_dict()
+    for name in before:
+        mask = masks.get(name, torch.zeros_like(before[name], dtype=torch.bool))
+        assert torch.equal(before[name][~mask], after[name][~mask]), name
+    assert 0 < info["params_changed"] <= allowed + (3 if level == "node" else 0)
+
+
+def test_tolerance_stops_and_keeps_weights_within_it(trained_default):
+    model = trained_default["model"]
+    images = trained_default["splits"].images(trained_default["data"], "repair")
+    repaired = MLP((1, 28, 28), 10)
+    repaired.load_state_dict(model.state_dict())
+    info = masked_finetune(
+        repaired,
+        all_masks(repaired),
+        images.subset(range(0, 400, 2)),
+        images.subset(range(1, 400, 4)),
+        Attack("pgd", PGD, progress=False),
+        epochs=3,
+        batch_size=20,
+        lr=0.2,
+        tolerance=0.0,
+        progress=False,
+    )
+    assert info["history"][-1].get("stopped")
+    from ipg_gnn.targets import accuracy
+
+    assert accuracy(repaired, images.subset(range(1, 400, 4))) >= info["val_clean_acc_before"]
+
+
+def test_activation_patch_fixes_units_and_leaves_the_model(trained_default):
+    model = trained_default["model"]
+    x = trained_default["data"].train.x[:5]
+    patched = ActivationPatch(model, {"net.3": ([2, 7], torch.tensor([0.5, -1.0]))})
+    seen = {}
+
+    def record(module, args, out):
+        seen["in"] = args[0]
+
+    patched.model.net[4].register_forward_hook(record)
+    patched(x)
+    assert torch.equal(seen["in"][:, 2], torch.full((5,), 0.5))
+    assert torch.equal(seen["in"][:, 7], torch.full((5,), -1.0))
+    assert torch.equal(model(x), trained_default["model"](x))
+    report, _ = evaluate_attacks(
+        patched,
+        trained_default["splits"].images(trained_default["data"], "test").subset(range(20)),
+        {},
+    )
+    assert 0 <= report["clean_acc"] <= 1
+
+
+def test_repair_job_end_to_end(tmp_path):
+    from ipg_gnn.pipeline import run_train
+    from ipg_gnn.repair.job import run_repair
+
+    trained = run_train(
+        compose_config(
+            "train",
+            tmp_path,
+            [
+                "+trainer.fast_dev_run=true",
+                "attack=[fgsm,pgd]",
+                "logger=none",
+                "split.max_size={ipg_train:60,ipg_val:30,repair:40,test:30}",
+                f"paths.output_dir={tmp_path}/logs/train/r1",
+            ],
+        )
+    )
+    cfg = compose_config(
+        "repair",
+        tmp_path,
+        [
+            "attack=[fgsm,square]",
+            "repair.layer=net.3",
+            "repair.k=2",
+            "repair.finetune.epochs=1",
+            "repair.baselines=[random,activation_patch]",
+            "attack.square.art_attack.max_iter=20",
+            "repair.train_attack.art_attack.max_iter=3",
+        ],
+    )
+    report = run_repair(cfg)
+    run = tmp_path / "run"
+    assert json.loads((run / "repair_report.json").read_text()) == report
+    assert report["n_test"] == 30 and set(report["before"]["adv_acc"]) == {"fgsm", "square"}
+    assert report["train_dir"] == str(tmp_path / "logs" / "train" / "r1")  # the latest run
+    # FGSM is deterministic: re-crafted on the original it matches train.py's numbers.
+    assert report["before"]["clean_acc"] == pytest.approx(trained["attack"]["clean_acc"])
+    assert report["before"]["adv_acc"]["fgsm"] == pytest.approx(
+        trained["attack"]["adv_acc"]["fgsm"]
+    )
+    for key in (
+        "clean_acc",
+        "adv_acc",
+        "transfer_acc",
+        "params_changed",
+        "params_changed_fraction",
+    ):
+        assert key in report["after"], key
+    assert set(report["baselines"]) == {"random", "activation_patch"}
+    assert report["plan"]["targets"] == {"net.3": 2}
+    assert report["after"]["params_changed"] <= 2 * 351
+    plan = RepairPlan.load(run / "repair_plan.json")
+    assert list(plan.targets) == ["net.3"] and (run / "repair_plan.png").stat().st_size > 10_000
+    load_checkpoint(
+        run / "repaired.pt",
+        {
+            "_target_": "ipg_gnn.targets.MLP",
+            "widths": [350, 50],
+            "input_shape": [1, 28, 28],
+            "num_classes": 10,
+        },
+    )
+    assert "| targeted repair |" in (run / "repair_report.md").read_text()
+    bad = compose_config("repair", tmp_path, ["repair.layer=net.2"])
+    with pytest.raises(PlanError, match="valid layers: net.1, net.3, net.5"):
+        run_repair(bad)
+    (tmp_path / "logs/train/r1/detector.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="has no detector"):
+        run_repair(compose_config("repair", tmp_path))
