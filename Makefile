@@ -24,6 +24,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python train.py
+	$(BIN)/python repair.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -210,6 +210,10 @@ def test_repair_job_end_to_end(tmp_path):
         },
     )
     assert "| targeted repair |" in (run / "repair_report.md").read_text()
+    from ipg_gnn.repair.summary import main as summary
+
+    text = summary([str(tmp_path)])
+    assert "| net.3 | node | 2 |" in text and (tmp_path / "summary.json").is_file()
     bad = compose_config("repair", tmp_path, ["repair.layer=net.2"])
     with pytest.raises(PlanError, match="valid layers: net.1, net.3, net.5"):
         run_repair(bad)

@@ -31,16 +31,16 @@ from ipg_gnn.pipeline import (
     target_arch,
 )
 from ipg_gnn.provenance import build_plan
-from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks, mean_unit_outputs
-from ipg_gnn.repair.finetune import masked_finetune
-from ipg_gnn.repair.masks import (
+from ipg_gnn.repair import (
     Masks,
     all_masks,
     count_allowed,
     layer_masks,
+    masked_finetune,
     params_per_target,
     plan_masks,
 )
+from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks, mean_unit_outputs
 from ipg_gnn.repair.report import markdown_report
 
 log = logging.getLogger(__name__)

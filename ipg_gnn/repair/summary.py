@@ -1,0 +1,90 @@
+"""Gather the reports of a repair sweep (e.g. the single-layer study
+`python repair.py -m repair.layer=net.1,net.3,net.5`) into one table.
+
+`python -m ipg_gnn.repair.summary <multirun dir>` prints a markdown table, one row per job
+(layer, level, budget), and writes it next to the jobs as `summary.md` and `summary.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def gather(directory: str | Path) -> list[dict]:
+    """One row per job directory under `directory` holding a `repair_report.json`."""
+    rows = []
+    for report_path in sorted(Path(directory).glob("**/repair_report.json")):
+        report = json.loads(report_path.read_text())
+        cfg = OmegaConf.load(report_path.parent / "repair_config.yaml")
+        rows.append(
+            {
+                "job": str(report_path.parent.relative_to(directory)),
+                "layer": ", ".join(report["plan"]["targets"]),
+                "level": report["plan"]["level"],
+                "targets": report["plan"]["targets"],
+                "explainer": report["plan"]["explainer"],
+                "before": report["before"],
+                "after": report["after"],
+                "random": report["baselines"].get("random"),
+                "k": cfg.repair.k,
+                "fraction": cfg.repair.fraction,
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(f"no repair_report.json under {Path(directory).resolve()}")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    attacks = list(rows[0]["before"]["adv_acc"])
+    head = [
+        "layer",
+        "level",
+        "targets",
+        "clean before",
+        "clean after",
+        *(f"{a} before" for a in attacks),
+        *(f"{a} after" for a in attacks),
+        *(f"{a} random plan" for a in attacks),
+        "params changed",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        random = r["random"]["adv_acc"] if r["random"] else {}
+        cells = [
+            r["layer"],
+            r["level"],
+            str(sum(r["targets"].values())),
+            f"{r['before']['clean_acc']:.2%}",
+            f"{r['after']['clean_acc']:.2%}",
+            *(f"{r['before']['adv_acc'][a]:.2%}" for a in attacks),
+            *(f"{r['after']['adv_acc'][a]:.2%}" for a in attacks),
+            *(f"{random[a]:.2%}" if a in random else "-" for a in attacks),
+            f"{r['after']['params_changed']} ({r['after']['params_changed_fraction']:.2%})",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(
+        prog="python -m ipg_gnn.repair.summary",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("directory", help="a repair.py multirun directory")
+    args = parser.parse_args(argv)
+    rows = gather(args.directory)
+    text = table(rows)
+    (Path(args.directory) / "summary.md").write_text(text)
+    (Path(args.directory) / "summary.json").write_text(json.dumps(rows, indent=2))
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
