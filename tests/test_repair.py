@@ -9,7 +9,7 @@ import pytest
 import torch
 from art.attacks.evasion import ProjectedGradientDescent
 
-from ipg_gnn.attacks import Attack
+from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.checkpoints import load_checkpoint
 from ipg_gnn.explain import EXPLAINERS, PlanError, RepairPlan, attribute, make_plan
 from ipg_gnn.provenance import build_plan
@@ -220,3 +220,44 @@ def test_repair_job_end_to_end(tmp_path):
     (tmp_path / "logs/train/r1/detector.pt").unlink()
     with pytest.raises(FileNotFoundError, match="has no detector"):
         run_repair(compose_config("repair", tmp_path))
+
+
+def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):
+    model = trained_default["model"]
+    images = trained_default["splits"].images(trained_default["data"], "repair")
+    train, val = images.subset(range(0, 400, 2)), images.subset(range(1, 400, 4))
+    units = {"net.3": [0, 1, 2, 3, 4]}
+    masks = {
+        "net.3.weight": torch.zeros(50, 350, dtype=torch.bool),
+        "net.3.bias": torch.zeros(50, dtype=torch.bool),
+    }
+    masks["net.3.weight"][units["net.3"]] = True
+    masks["net.3.bias"][units["net.3"]] = True
+    attack = Attack("pgd", PGD, progress=False)
+
+    def gap(consistency_weight: float) -> float:
+        repaired = MLP((1, 28, 28), 10)
+        repaired.load_state_dict(model.state_dict())
+        masked_finetune(
+            repaired,
+            masks,
+            train,
+            val,
+            attack,
+            epochs=2,
+            batch_size=25,
+            lr=1e-2,
+            consistency_weight=consistency_weight,
+            consistency_units=units,
+            tolerance=1.0,
+            progress=False,
+        )
+        x = val.x
+        seed_attack_rng(0)
+        x_adv = attack(repaired, x, val.y).x_adv
+        with torch.no_grad():
+            clean = repaired.net[:4](x)[:, units["net.3"]]
+            adv = repaired.net[:4](x_adv)[:, units["net.3"]]
+        return float((adv - clean).pow(2).mean())
+
+    assert gap(50.0) < gap(0.0)
