@@ -91,9 +91,12 @@ def target_arch(cfg: DictConfig, data: ImageDataset) -> dict[str, Any]:
     }
 
 
+def _source_identity(cfg: DictConfig) -> dict[str, Any]:
+    return {k: v for k, v in _plain(cfg.dataset.source).items() if k not in _LOCATION_KEYS}
+
+
 def target_cache_key(cfg: DictConfig, arch: Mapping[str, Any]) -> str:
     """Hash of everything that shapes the target's weights."""
-    source = {k: v for k, v in _plain(cfg.dataset.source).items() if k not in _LOCATION_KEYS}
     trainer = {
         k: v
         for k, v in OmegaConf.to_container(cfg.trainer).items()
@@ -103,7 +106,7 @@ def target_cache_key(cfg: DictConfig, arch: Mapping[str, Any]) -> str:
         {
             "arch": arch,
             "train": _plain(cfg.target.train),
-            "source": source,
+            "source": _source_identity(cfg),
             "split": _plain(cfg.split),
             "trainer": trainer,
             "seed": cfg.seed,
@@ -157,10 +160,6 @@ def format_attack_table(report: Mapping[str, Any]) -> str:
         eps = report["eps"][name]
         lines.append(f"{name:10s} {'-' if eps is None else f'{eps:.3g}':>6s} {acc:9.2%}")
     return "\n".join(lines)
-
-
-def _source_identity(cfg: DictConfig) -> dict[str, Any]:
-    return {k: v for k, v in _plain(cfg.dataset.source).items() if k not in _LOCATION_KEYS}
 
 
 def build_ipg_datasets(
