@@ -147,11 +147,12 @@ def test_activation_patch_fixes_units_and_leaves_the_model(trained_default):
     assert 0 <= report["clean_acc"] <= 1
 
 
-def test_repair_job_end_to_end(tmp_path):
+def tiny_train_run(tmp_path, *overrides: str) -> dict:
+    """A train.py run on capped splits with one training batch, as the latest run of
+    `tmp_path/logs` (where repair.py looks by default)."""
     from ipg_gnn.pipeline import run_train
-    from ipg_gnn.repair.job import run_repair
 
-    trained = run_train(
+    return run_train(
         compose_config(
             "train",
             tmp_path,
@@ -161,9 +162,16 @@ def test_repair_job_end_to_end(tmp_path):
                 "logger=none",
                 "split.max_size={ipg_train:60,ipg_val:30,repair:40,test:30}",
                 f"paths.output_dir={tmp_path}/logs/train/r1",
+                *overrides,
             ],
         )
     )
+
+
+def test_repair_job_end_to_end(tmp_path):
+    from ipg_gnn.repair.job import run_repair
+
+    trained = tiny_train_run(tmp_path)
     cfg = compose_config(
         "repair",
         tmp_path,
@@ -261,3 +269,30 @@ def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):
         return float((adv - clean).pow(2).mean())
 
     assert gap(50.0) < gap(0.0)
+
+
+@pytest.mark.parametrize("target", ["cnn", "resnet"])
+def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
+    from ipg_gnn.repair.job import run_repair
+
+    trained = tiny_train_run(tmp_path, f"target={target}", "detector.transfer=false")
+    assert 0.0 <= trained["detection"]["test"]["auroc"] <= 1.0
+    report = run_repair(
+        compose_config(
+            "repair",
+            tmp_path,
+            [
+                "attack=[fgsm]",
+                "repair.finetune.epochs=1",
+                "repair.k=2",
+                "repair.level=edge",
+                "repair.baselines=[activation_patch]",
+                "repair.train_attack.art_attack.max_iter=3",
+            ],
+        )
+    )
+    # Every weight layer but the first (no captured incoming edges without input nodes).
+    targets = report["plan"]["targets"]
+    assert len(targets) >= 2 and all(count == 2 for count in targets.values())
+    assert next(iter(targets)) not in ("net.0", "stem.0")
+    assert report["after"]["params_allowed"] > 0

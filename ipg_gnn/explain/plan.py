@@ -94,11 +94,14 @@ def make_plan(
     provenance: Mapping[str, Any] | None = None,
 ) -> RepairPlan:
     """Choose the `k` top-ranked targets (per layer, or a count for each layer) of each layer in
-    `layers` (default: every repairable layer)."""
+    `layers` (default: every repairable layer with candidates at this level)."""
     if level not in LEVELS:
         raise PlanError(f"repair level must be one of {LEVELS}; got {level!r}")
     ranked = rank_layers(attribution, topology)
-    chosen = list(layers) if layers else list(ranked)
+    pool_key = "units" if level == "node" else "edges"
+    # By default every layer with candidates at this level: the first weight layer has no
+    # captured incoming edges unless the input features are nodes.
+    chosen = list(layers) if layers else [name for name in ranked if ranked[name][pool_key]]
     unknown = [name for name in chosen if name not in ranked]
     if unknown:
         raise PlanError(
@@ -106,7 +109,7 @@ def make_plan(
         )
     targets = {}
     for name in chosen:
-        pool = ranked[name]["units" if level == "node" else "edges"]
+        pool = ranked[name][pool_key]
         count = int(k[name] if isinstance(k, Mapping) else k)
         if count < 1 or count > len(pool):
             raise PlanError(

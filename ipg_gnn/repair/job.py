@@ -153,7 +153,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     capture_plan = build_plan(run.model, fine_tune.x[:1])
     repairable = [op.layer.name for op in capture_plan.ops if op.kind != "add"]
     layer = cfg.repair.layer
-    layers = [layer] if isinstance(layer, str) else list(layer or repairable)
+    layers = [layer] if isinstance(layer, str) else list(layer or [])
     unknown = [name for name in layers if name not in repairable]
     if unknown:
         raise PlanError(
@@ -165,7 +165,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
         topology,
         cfg.repair.level,
         layers,
-        plan_counts(cfg, run.model, capture_plan, layers),
+        plan_counts(cfg, run.model, capture_plan, layers or repairable),
         {
             "train_dir": str(train_dir),
             "detector": str(train_dir / "detector.pt"),
