@@ -182,57 +182,56 @@ def build_ipg_datasets(
             "seed": cfg.seed,
         }
     )
-    root = Path(cfg.paths.cache_dir) / "ipg" / f"{model_fingerprint(model)}-{key}"
+    fingerprint = model_fingerprint(model)
+    root = Path(cfg.paths.cache_dir) / "ipg" / f"{fingerprint}-{key}"
     pool = splits.images(data, "ipg_train")
     rng = np.random.default_rng(cfg.seed)
     calibration = pool.subset(np.sort(rng.permutation(len(pool))[: cfg.ipg.calibration_size]))
     capturer, _ = prepare_capture(model, root, config, calibration.x)
+    kinds: dict[str, Attack | None] = {"benign": None, **attacks}
     stores: dict[str, dict[str, str]] = {}
     for split in cfg.ipg.splits:
         images, index = splits.images(data, split), splits.indices[split]
-        stores[split] = {"benign": f"{split}-benign"}
-        build_store(
-            capturer,
-            model,
-            images,
-            index,
-            root / stores[split]["benign"],
-            split,
-            None,
-            cfg.ipg.shard_size,
-            cfg.seed,
-        )
-        for name, attack in attacks.items():
-            stores[split][name] = f"{split}-{name}-{config_key(_plain(cfg.attack[name]))[:8]}"
+        stores[split] = {
+            kind: f"{split}-benign"
+            if attack is None
+            else f"{split}-{kind}-{config_key(_plain(cfg.attack[kind]))[:8]}"
+            for kind, attack in kinds.items()
+        }
+        for kind, attack in kinds.items():
             build_store(
                 capturer,
                 model,
                 images,
                 index,
-                root / stores[split][name],
+                root / stores[split][kind],
                 split,
                 attack,
                 cfg.ipg.shard_size,
                 cfg.seed,
             )
         log.info("IPGs of %s: %d inputs x (benign + %d attacks)", split, len(images), len(attacks))
-    return {"root": str(root), "fingerprint": model_fingerprint(model), "stores": stores}
+    return {"root": str(root), "fingerprint": fingerprint, "stores": stores}
 
 
-def plot_example_ipgs(ipgs: Mapping[str, Any], split: str, out: Path) -> list[Path]:
-    """Draw the first input of `split`: its benign IPG and, per attack, the difference between
-    its adversarial and benign IPGs. Returns the PNG paths."""
-    stores = ipgs["stores"][split]
-    benign = IPGDataset(ipgs["root"], [stores["benign"]])
-    layers = benign.topology.layers
+def plot_example_ipgs(dataset: IPGDataset, out: Path) -> list[Path]:
+    """Draw the first benign graph of `dataset` and, per attack, the difference between the
+    same input's adversarial and benign graphs. Returns the PNG paths."""
+    meta, layers = dataset.meta, dataset.topology.layers
+    first = int(torch.nonzero(~meta["is_adv"])[0])
+    source = int(meta["source_index"][first])
     paths = [out / "ipg_benign.png"]
-    plot_ipg(benign[0], layers, paths[0], title=f"benign IPG, {split} input 0")
-    for attack, store in stores.items():
-        if attack != "benign":
-            adv = IPGDataset(ipgs["root"], [store])
+    plot_ipg(dataset[first], layers, paths[0], title=f"benign IPG, input {source}")
+    for attack_id, attack in enumerate(dataset.attacks):
+        same = meta["is_adv"] & (meta["attack_id"] == attack_id) & (meta["source_index"] == source)
+        if same.any():
             paths.append(out / f"ipg_diff_{attack}.png")
             plot_ipg_difference(
-                benign[0], adv[0], layers, paths[-1], title=f"{attack} - benign, {split} input 0"
+                dataset[first],
+                dataset[int(torch.nonzero(same)[0])],
+                layers,
+                paths[-1],
+                title=f"{attack} - benign, input {source}",
             )
     plt.close("all")
     return paths
@@ -330,7 +329,8 @@ def run_detection(
 ) -> tuple[dict[str, Any], list[Path]]:
     """Train the GNN detector on `ipg_train` (selected on `ipg_val`), compare it with the
     baselines on the same graphs, measure transfer across attacks; test split only for
-    numbers. Writes `detector.pt`, `detector_report.{json,md}` and the plots."""
+    numbers. Writes `detector.pt`, `detector_report.{json,md}`, the plots and example IPG
+    pictures of the test split."""
     attacks = list(cfg.detector.attacks or [a for a in ipgs["stores"]["test"] if a != "benign"])
     clock = clock or StageClock()
     train, val, test = (ipg_dataset(ipgs, s, attacks) for s in IPG_SPLITS_NEEDED)
@@ -352,8 +352,8 @@ def run_detection(
             for source in tqdm(attacks, desc="transfer detectors"):
                 one, _ = train_gnn_detector(
                     cfg,
-                    ipg_dataset(ipgs, "ipg_train", [source]),
-                    ipg_dataset(ipgs, "ipg_val", [source]),
+                    train.select_attacks([source]),
+                    val.select_attacks([source]),
                     out / "transfer" / source,
                 )
                 result = evaluate_scores(score_graphs(one, test), test.meta, test.attacks)
@@ -372,7 +372,7 @@ def run_detection(
     plots = [plot_roc_curves(scores, test.meta, test.attacks, out / "roc_curves.png")]
     if transfer:
         plots.append(plot_transfer(transfer, out / "transfer_auroc.png"))
-    return report, plots
+    return report, plots + plot_example_ipgs(test, out)
 
 
 def run_train(cfg: DictConfig) -> dict[str, Any]:
@@ -410,7 +410,6 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     }
     (out / "attack_report.json").write_text(json.dumps(attack_report, indent=2))
     detection, plots = run_detection(cfg, ipgs, out, loggers, clock)
-    plots += plot_example_ipgs(ipgs, "test", out)
     metrics = {
         "test/clean_acc": attack_report["clean_acc"],
         **{f"test/adv_acc/{k}": v for k, v in attack_report["adv_acc"].items()},

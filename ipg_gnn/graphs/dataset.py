@@ -77,6 +77,20 @@ class IPGDataset(Dataset):
         index = torch.as_tensor(list(self.indices()), dtype=torch.long)
         return {k: v[index] for k, v in self.tensors.items()}
 
+    def select_attacks(self, attacks: Sequence[str]) -> IPGDataset:
+        """A view with the benign graphs and the adversarial graphs of the given attacks only
+        (nothing is loaded again)."""
+        unknown = set(attacks) - set(self.attacks)
+        if unknown:
+            raise KeyError(
+                f"no graphs of attacks {sorted(unknown)}; this dataset has {self.attacks}"
+            )
+        meta = self.meta
+        keep = ~meta["is_adv"] | torch.isin(
+            meta["attack_id"], torch.tensor([self.attacks.index(a) for a in attacks])
+        )
+        return self[torch.nonzero(keep).flatten()]
+
     @property
     def labels(self) -> torch.Tensor:
         """`y` of every graph (1 = adversarial), without building `Data` objects."""

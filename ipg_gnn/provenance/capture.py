@@ -119,7 +119,6 @@ class IPGCapture:
         self, model: nn.Module, example: torch.Tensor, config: CaptureConfig | None = None
     ) -> None:
         self.config = config or CaptureConfig()
-        self.model = model
         was_training = model.training
         model.eval()
         try:
@@ -129,7 +128,6 @@ class IPGCapture:
         self._wanted = {name for op in self.plan.ops for name in op.inputs}
         self._wanted |= set(self.plan.outputs.values())
         self._static: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._positions = torch.tensor([layer.position for layer in self.plan.layers])
 
     # -- recording ------------------------------------------------------------------------
     @torch.no_grad()

@@ -28,21 +28,20 @@ def node_positions(layers: Sequence[Mapping]) -> torch.Tensor:
     return torch.cat(pos)
 
 
-def _edge_values(graph: Data) -> tuple[torch.Tensor, torch.Tensor]:
-    return graph.edge_index, graph.edge_attr[:, 0]
-
-
-def _draw(
-    ax,
+def _figure(
     layers: Sequence[Mapping],
     edge_index: torch.Tensor,
     values: torch.Tensor,
     node_values: torch.Tensor,
     max_edges: int,
     node_label: str,
-) -> None:
+    title: str,
+    path: str | Path | None,
+) -> Figure:
+    """Draw the strongest `max_edges` edges and every node, then save to `path` if given."""
+    fig, ax = plt.subplots(figsize=(2.2 * len(layers) + 2, 6))
     pos = node_positions(layers)
-    keep = values.abs().topk(min(max_edges, len(values))).indices if len(values) else values.long()
+    keep = values.abs().topk(min(max_edges, len(values))).indices
     vals = values[keep]
     scale = float(vals.abs().max()) if len(vals) else 1.0
     segments = torch.stack([pos[edge_index[0, keep]], pos[edge_index[1, keep]]], dim=1)
@@ -69,9 +68,7 @@ def _draw(
     ax.set_xlabel("edges: red = positive, blue = negative contribution; width = |contribution|")
     ax.set_xlim(-0.5, len(layers) - 0.5)
     ax.set_ylim(0, 1)
-
-
-def _finish(fig: Figure, path: str | Path | None) -> Figure:
+    ax.set_title(title)
     fig.tight_layout()
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -87,11 +84,11 @@ def plot_ipg(
     title: str = "",
 ) -> Figure:
     """Draw one IPG; nodes coloured by their mean pre-activation."""
-    fig, ax = plt.subplots(figsize=(2.2 * len(layers) + 2, 6))
-    edge_index, values = _edge_values(graph)
-    _draw(ax, layers, edge_index, values, graph.x[:, 0], max_edges, "unit value")
-    ax.set_title(title or f"IPG: {len(values)} edges, strongest {min(max_edges, len(values))}")
-    return _finish(fig, path)
+    values = graph.edge_attr[:, 0]
+    title = title or f"IPG: {len(values)} edges, strongest {min(max_edges, len(values))}"
+    return _figure(
+        layers, graph.edge_index, values, graph.x[:, 0], max_edges, "unit value", title, path
+    )
 
 
 def plot_ipg_difference(
@@ -112,15 +109,13 @@ def plot_ipg_difference(
         )
 
     diff = (sparse(adversarial) - sparse(benign)).coalesce()
-    fig, ax = plt.subplots(figsize=(2.2 * len(layers) + 2, 6))
-    _draw(
-        ax,
+    return _figure(
         layers,
         diff.indices(),
         diff.values(),
         adversarial.x[:, 0] - benign.x[:, 0],
         max_edges,
         "value change (adv - benign)",
+        title or "IPG difference, adversarial - benign",
+        path,
     )
-    ax.set_title(title or "IPG difference, adversarial - benign")
-    return _finish(fig, path)

@@ -16,8 +16,6 @@ training are the whole point here, and a loop states them directly.
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -63,7 +61,6 @@ def masked_finetune(
     progress: bool = True,
 ) -> dict:
     """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary."""
-    start = time.perf_counter()
     params = dict(model.named_parameters())
     unknown = set(masks) - set(params)
     if unknown:
@@ -77,61 +74,62 @@ def masked_finetune(
     optimizer = torch.optim.Adam(trainable.values(), lr=lr)
     model.eval()
     baseline_acc = accuracy(model, val)
-    history, kept = [], copy.deepcopy(model.state_dict())
+    # Only trainable tensors ever change, so they alone are kept as the last good state.
+    kept = {name: p.detach().clone() for name, p in trainable.items()}
+
+    def restore_kept() -> None:
+        with torch.no_grad():
+            for name, p in trainable.items():
+                p.copy_(kept[name])
+
+    history: list[dict] = []
     store, hooks = _unit_outputs(model, consistency_units or {}) if consistency_weight else ({}, [])
     generator = torch.Generator().manual_seed(seed)
-    step, stopped = 0, False
+    batches = (
+        (epoch, order[i : i + batch_size])
+        for epoch in range(epochs)
+        for order in [torch.randperm(len(train), generator=generator)]
+        for i in range(0, len(train), batch_size)
+    )
+    total = epochs * -(-len(train) // batch_size)
+    loss_fn = nn.functional.cross_entropy
+    stopped = False
     try:
-        for epoch in range(epochs):
-            order = torch.randperm(len(train), generator=generator)
-            for i in tqdm(
-                range(0, len(train), batch_size),
-                desc=f"repair epoch {epoch}",
-                disable=not progress,
-                leave=False,
-            ):
-                idx = order[i : i + batch_size]
-                x, y = train.x[idx].to(device), train.y[idx].to(device)
-                seed_attack_rng(seed + step)
-                x_adv = attack(model, x, y).x_adv.to(device)
-                loss_fn = nn.functional.cross_entropy
-                logits = model(x)
-                clean_units = {k: v.detach() for k, v in store.items()}
-                loss = clean_weight * loss_fn(logits, y)
-                loss = loss + adv_weight * loss_fn(model(x_adv), y)
-                if consistency_weight and store:
-                    loss = loss + consistency_weight * sum(
-                        (store[k] - clean_units[k]).pow(2).mean() for k in store
-                    )
-                optimizer.zero_grad()
-                loss.backward()
+        for step, (epoch, idx) in enumerate(
+            tqdm(batches, total=total, desc="repair", disable=not progress, leave=False), 1
+        ):
+            x, y = train.x[idx].to(device), train.y[idx].to(device)
+            seed_attack_rng(seed + step - 1)
+            x_adv = attack(model, x, y).x_adv.to(device)
+            loss = clean_weight * loss_fn(model(x), y)
+            clean_units = {k: v.detach() for k, v in store.items()}
+            loss = loss + adv_weight * loss_fn(model(x_adv), y)
+            if consistency_weight and store:
+                loss = loss + consistency_weight * sum(
+                    (store[k] - clean_units[k]).pow(2).mean() for k in store
+                )
+            optimizer.zero_grad()
+            loss.backward()
+            for name, p in trainable.items():
+                p.grad.mul_(masks[name])
+            optimizer.step()
+            with torch.no_grad():
                 for name, p in trainable.items():
-                    p.grad.mul_(masks[name])
-                optimizer.step()
-                with torch.no_grad():
-                    for name, p in trainable.items():
-                        p.copy_(torch.where(masks[name], p, original[name]))
-                step += 1
-                if step % check_every == 0:
-                    acc = accuracy(model, val)
-                    history.append(
-                        {
-                            "step": step,
-                            "epoch": epoch,
-                            "val_clean_acc": acc,
-                            "loss": float(loss.detach()),
-                        }
-                    )
-                    if baseline_acc - acc > tolerance:
-                        model.load_state_dict(kept)
-                        history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
-                        stopped = True
-                        break
-                    kept = copy.deepcopy(model.state_dict())
-            if stopped:
+                    p.copy_(torch.where(masks[name], p, original[name]))
+            if step % check_every:
+                continue
+            acc = accuracy(model, val)
+            history.append(
+                {"step": step, "epoch": epoch, "val_clean_acc": acc, "loss": float(loss.detach())}
+            )
+            if baseline_acc - acc > tolerance:
+                restore_kept()
+                history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
+                stopped = True
                 break
+            kept = {name: p.detach().clone() for name, p in trainable.items()}
         if not stopped and baseline_acc - accuracy(model, val) > tolerance:
-            model.load_state_dict(kept)  # the last steps since a check went too far
+            restore_kept()  # the last steps since a check went too far
     finally:
         for h in hooks:
             h.remove()
@@ -143,5 +141,4 @@ def masked_finetune(
         "history": history,
         "params_changed": changed,
         "params_changed_fraction": changed / sum(p.numel() for p in params.values()),
-        "seconds": round(time.perf_counter() - start, 2),
     }
