@@ -102,7 +102,8 @@ def test_masked_repair_changes_only_planned_entries(level, trained_default, ipgs
     assert 0 < info["params_changed"] <= allowed + (3 if level == "node" else 0)
 
 
-def test_tolerance_stops_and_keeps_weights_within_it(trained_default):
+@pytest.mark.parametrize("patience", [1, 2])
+def test_tolerance_stops_and_keeps_weights_within_it(trained_default, patience):
     model = trained_default["model"]
     images = trained_default["splits"].images(trained_default["data"], "repair")
     repaired = MLP((1, 28, 28), 10)
@@ -117,9 +118,20 @@ def test_tolerance_stops_and_keeps_weights_within_it(trained_default):
         batch_size=20,
         lr=0.2,
         tolerance=0.0,
+        check_every=2,
+        patience=patience,
         progress=False,
     )
-    assert info["history"][-1].get("stopped")
+    history = info["history"]
+    assert history[-1].get("stopped")
+    # It stopped after `patience` checks in a row below the starting accuracy, no sooner.
+    below = [h["val_clean_acc"] < info["val_clean_acc_before"] for h in history]
+    assert all(below[-patience:])
+    streak = 0
+    for b in below[:-1]:
+        streak = streak + 1 if b else 0
+        assert streak < patience
+    assert all(h["step"] % 2 == 0 for h in history)
     from ipg_gnn.targets import accuracy
 
     assert accuracy(repaired, images.subset(range(1, 400, 4))) >= info["val_clean_acc_before"]
@@ -177,6 +189,7 @@ def test_repair_job_end_to_end(tmp_path):
         tmp_path,
         [
             "attack=[fgsm,square]",
+            "repair.val_attacks=[fgsm]",
             "repair.layer=net.3",
             "repair.k=2",
             "repair.finetune.epochs=1",
@@ -204,6 +217,9 @@ def test_repair_job_end_to_end(tmp_path):
     ):
         assert key in report["after"], key
     assert set(report["baselines"]) == {"random", "activation_patch"}
+    # Validation numbers (repair split's held-out part: 8 of its 40 inputs) for every model.
+    for r in (report["before"], report["after"], *report["baselines"].values()):
+        assert r["val"]["n"] == 8 and set(r["val"]["adv_acc"]) == {"fgsm"}
     assert report["plan"]["targets"] == {"net.3": 2}
     assert report["after"]["params_changed"] <= 2 * 351
     plan = RepairPlan.load(run / "repair_plan.json")
@@ -217,11 +233,15 @@ def test_repair_job_end_to_end(tmp_path):
             "num_classes": 10,
         },
     )
-    assert "| targeted repair |" in (run / "repair_report.md").read_text()
+    markdown = (run / "repair_report.md").read_text()
+    assert "| targeted repair |" in markdown and "Validation part of the repair split" in markdown
     from ipg_gnn.repair.summary import main as summary
 
     text = summary([str(tmp_path)])
     assert "| net.3 | node | 2 |" in text and (tmp_path / "summary.json").is_file()
+    bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_attacks=[pgd]"])
+    with pytest.raises(ValueError, match="not among the evaluation attacks"):
+        run_repair(bad)
     bad = compose_config("repair", tmp_path, ["repair.layer=net.2"])
     with pytest.raises(PlanError, match="valid layers: net.1, net.3, net.5"):
         run_repair(bad)
@@ -283,6 +303,7 @@ def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
             tmp_path,
             [
                 "attack=[fgsm]",
+                "repair.val_attacks=[fgsm]",
                 "repair.finetune.epochs=1",
                 "repair.k=2",
                 "repair.level=edge",
@@ -296,3 +317,23 @@ def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
     assert len(targets) >= 2 and all(count == 2 for count in targets.values())
     assert next(iter(targets)) not in ("net.0", "stem.0")
     assert report["after"]["params_allowed"] > 0
+
+
+def test_finetune_overrides_apply_per_method_and_reject_unknown_keys():
+    from omegaconf import OmegaConf
+
+    from ipg_gnn.repair.job import finetune_settings
+
+    repair = OmegaConf.create(
+        {
+            "finetune": {"lr": 0.01, "epochs": 6},
+            "finetune_overrides": {"full_finetune": {"lr": 1e-3}},
+        }
+    )
+    assert finetune_settings(repair, "full_finetune") == {"lr": 1e-3, "epochs": 6}
+    assert finetune_settings(repair, "targeted") == {"lr": 0.01, "epochs": 6}
+    repair.finetune_overrides.random = {"learning_rate": 1.0}
+    with pytest.raises(
+        ValueError, match=r"unknown settings \['learning_rate'\]; known: lr, epochs"
+    ):
+        finetune_settings(repair, "random")

@@ -6,9 +6,11 @@ bit-identical. The model stays in eval mode throughout, so BatchNorm statistics 
 not change either. The loss is cross-entropy on clean inputs and on adversarial inputs crafted
 against the model being repaired at that step, plus an optional consistency term that keeps the
 repaired units' pre-activations on an adversarial input close to their clean values. Every
-`check_every` steps the clean accuracy on a validation part is measured; once it has dropped
-more than `tolerance` below the start, training stops and the last weights within tolerance are
-kept.
+`check_every` steps the clean accuracy on a validation part is measured; once it has stayed more
+than `tolerance` below the start for `patience` checks in a row, training stops. The weights
+returned are always the last ones that were within tolerance at a check. Adversarial
+fine-tuning dips clean accuracy in its first steps before recovering it, so a patience of one
+check with frequent checks stops almost every run before it has changed anything.
 
 A plain loop rather than a Lightning `Trainer`: the per-step write-back and the eval-mode
 training are the whole point here, and a loop states them directly.
@@ -57,10 +59,13 @@ def masked_finetune(
     consistency_units: Mapping[str, Sequence[int]] | None = None,
     tolerance: float = 0.01,
     check_every: int = 1,
+    patience: int = 1,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
     """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary."""
+    if check_every < 1 or patience < 1:
+        raise ValueError(f"check_every and patience must be >= 1; got {check_every}, {patience}")
     params = dict(model.named_parameters())
     unknown = set(masks) - set(params)
     if unknown:
@@ -93,7 +98,7 @@ def masked_finetune(
     )
     total = epochs * -(-len(train) // batch_size)
     loss_fn = nn.functional.cross_entropy
-    stopped = False
+    strikes = 0
     try:
         for step, (epoch, idx) in enumerate(
             tqdm(batches, total=total, desc="repair", disable=not progress, leave=False), 1
@@ -116,20 +121,22 @@ def masked_finetune(
             with torch.no_grad():
                 for name, p in trainable.items():
                     p.copy_(torch.where(masks[name], p, original[name]))
-            if step % check_every:
+            if step % check_every and step != total:
                 continue
             acc = accuracy(model, val)
             history.append(
                 {"step": step, "epoch": epoch, "val_clean_acc": acc, "loss": float(loss.detach())}
             )
-            if baseline_acc - acc > tolerance:
-                restore_kept()
+            if baseline_acc - acc <= tolerance:
+                strikes = 0
+                kept = {name: p.detach().clone() for name, p in trainable.items()}
+                continue
+            strikes += 1
+            if strikes >= patience:
                 history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
-                stopped = True
                 break
-            kept = {name: p.detach().clone() for name, p in trainable.items()}
-        if not stopped and baseline_acc - accuracy(model, val) > tolerance:
-            restore_kept()  # the last steps since a check went too far
+        if strikes:
+            restore_kept()  # the weights since the last check within tolerance went too far
     finally:
         for h in hooks:
             h.remove()

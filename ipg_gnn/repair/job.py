@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
+from ipg_gnn.attacks import Attack
 from ipg_gnn.checkpoints import load_checkpoint, save_checkpoint
 from ipg_gnn.data import Images
 from ipg_gnn.explain import PlanError, RepairPlan, attribute, make_plan
@@ -134,6 +135,31 @@ def _method_masks(name: str, model: nn.Module, plan: RepairPlan, capture_plan, s
     return all_masks(model)
 
 
+def finetune_settings(repair: DictConfig, method: str) -> dict[str, Any]:
+    """`repair.finetune` with the method's own overrides (`repair.finetune_overrides.<method>`):
+    fine-tuning every weight wants a smaller step than fine-tuning a few units."""
+    overrides = (repair.get("finetune_overrides") or {}).get(method) or {}
+    unknown = set(overrides) - set(repair.finetune)
+    if unknown:
+        raise ValueError(
+            f"repair.finetune_overrides.{method} sets unknown settings {sorted(unknown)}; "
+            f"known: {', '.join(repair.finetune)}"
+        )
+    return {**repair.finetune, **overrides}
+
+
+def validation_attacks(attacks: dict[str, Attack], names: list[str]) -> dict[str, Attack]:
+    """The evaluation attacks also run on the repair split's validation part: the numbers to
+    choose repair settings on, so that the test split is never used for that."""
+    unknown = [n for n in names if n not in attacks]
+    if unknown:
+        raise ValueError(
+            f"repair.val_attacks names {', '.join(unknown)}, not among the evaluation attacks "
+            f"({', '.join(attacks)})"
+        )
+    return {n: attacks[n] for n in names}
+
+
 def run_repair(cfg: DictConfig) -> dict[str, Any]:
     """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
     `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}`."""
@@ -148,6 +174,15 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
+    for method in cfg.repair.get("finetune_overrides") or {}:
+        known = ("targeted", *BASELINES)
+        if method not in known:
+            raise ValueError(
+                f"repair.finetune_overrides names {method!r}; known: {', '.join(known)}"
+            )
+        finetune_settings(cfg.repair, method)  # a typo fails now, not after attribution
+    attacks = make_attacks(cfg)
+    val_attacks = validation_attacks(attacks, list(cfg.repair.val_attacks))
     attribution, topology = explain_repair_split(cfg, run, clock)
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
     capture_plan = build_plan(run.model, fine_tune.x[:1])
@@ -175,11 +210,17 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     plan.save(out / "repair_plan.json")
     plot_plan(plan, out / "repair_plan.png")
     test = run.splits.images(run.data, "test")
-    attacks = make_attacks(cfg)
-    with clock("evaluate_before"):
-        before, original_adv = evaluate_attacks(
-            run.model, test, attacks, cfg.eval_batch_size, cfg.seed
+
+    def evaluate(model: nn.Module, **kw) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Test-split evaluation, plus the validation numbers that settings are chosen on."""
+        report, examples = evaluate_attacks(
+            model, test, attacks, cfg.eval_batch_size, cfg.seed, **kw
         )
+        report["val"], _ = evaluate_attacks(model, val, val_attacks, cfg.eval_batch_size, cfg.seed)
+        return report, examples
+
+    with clock("evaluate_before"):
+        before, original_adv = evaluate(run.model)
     train_attack = instantiate(cfg.repair.train_attack)
     results = {}
     for name in ["targeted", *cfg.repair.baselines]:
@@ -203,14 +244,18 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                 model = copy.deepcopy(run.model)
                 masks = _method_masks(name, model, plan, capture_plan, cfg.seed)
                 info = masked_finetune(
-                    model, masks, fine_tune, val, train_attack, seed=cfg.seed, **cfg.repair.finetune
+                    model,
+                    masks,
+                    fine_tune,
+                    val,
+                    train_attack,
+                    seed=cfg.seed,
+                    **finetune_settings(cfg.repair, name),
                 )
                 info["params_allowed"] = count_allowed(masks)
         info["repair_seconds"] = clock.seconds[f"repair_{name}"]
         with clock(f"evaluate_{name}"):
-            evaluation, _ = evaluate_attacks(
-                model, test, attacks, cfg.eval_batch_size, cfg.seed, transfer_from=original_adv
-            )
+            evaluation, _ = evaluate(model, transfer_from=original_adv)
         results[name] = {**evaluation, **info}
         if name == "targeted":
             save_checkpoint(

@@ -42,4 +42,25 @@ def markdown_report(report: Mapping) -> str:
             + " | ".join(cells)
             + f" | {changed} | {seconds} |"
         )
+    lines += _validation_table(rows)
     return "\n".join(lines) + "\n"
+
+
+def _validation_table(rows: Mapping[str, Mapping]) -> list[str]:
+    """The same models on the repair split's validation part: what settings are chosen on."""
+    first = next(iter(rows.values()))
+    if "val" not in first:
+        return []
+    attacks = list(first["val"]["adv_acc"])
+    lines = [
+        "",
+        f"Validation part of the repair split, n = {first['val']['n']} (adaptive attacks): "
+        "choose repair settings on these numbers, never on the test table above.",
+        "",
+        "| model | clean | " + " | ".join(attacks) + " |",
+        "|---" * (2 + len(attacks)) + "|",
+    ]
+    for name, r in rows.items():
+        cells = [f"{r['val']['adv_acc'][a]:.2%}" for a in attacks]
+        lines.append(f"| {name} | {r['val']['clean_acc']:.2%} | " + " | ".join(cells) + " |")
+    return lines

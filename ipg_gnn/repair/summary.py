@@ -39,8 +39,13 @@ def gather(directory: str | Path) -> list[dict]:
     return rows
 
 
+def _val_cell(result: dict | None, attack: str) -> str:
+    return f"{result['val']['adv_acc'][attack]:.2%}" if result else "-"
+
+
 def table(rows: list[dict]) -> str:
     attacks = list(rows[0]["before"]["adv_acc"])
+    val_attacks = list(rows[0]["after"].get("val", {}).get("adv_acc", {}))
     head = [
         "layer",
         "level",
@@ -50,6 +55,8 @@ def table(rows: list[dict]) -> str:
         *(f"{a} before" for a in attacks),
         *(f"{a} after" for a in attacks),
         *(f"{a} random plan" for a in attacks),
+        *(f"{a} after (val)" for a in val_attacks),
+        *(f"{a} random plan (val)" for a in val_attacks),
         "params changed",
     ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -64,6 +71,8 @@ def table(rows: list[dict]) -> str:
             *(f"{r['before']['adv_acc'][a]:.2%}" for a in attacks),
             *(f"{r['after']['adv_acc'][a]:.2%}" for a in attacks),
             *(f"{random[a]:.2%}" if a in random else "-" for a in attacks),
+            *(_val_cell(r["after"], a) for a in val_attacks),
+            *(_val_cell(r["random"], a) for a in val_attacks),
             f"{r['after']['params_changed']} ({r['after']['params_changed_fraction']:.2%})",
         ]
         lines.append("| " + " | ".join(cells) + " |")
