@@ -138,6 +138,9 @@ def _method_masks(name: str, model: nn.Module, plan: RepairPlan, capture_plan, s
 def finetune_settings(repair: DictConfig, method: str) -> dict[str, Any]:
     """`repair.finetune` with the method's own overrides (`repair.finetune_overrides.<method>`):
     fine-tuning every weight wants a smaller step than fine-tuning a few units."""
+    known = ("targeted", *BASELINES)
+    if method not in known:
+        raise ValueError(f"repair.finetune_overrides names {method!r}; known: {', '.join(known)}")
     overrides = (repair.get("finetune_overrides") or {}).get(method) or {}
     unknown = set(overrides) - set(repair.finetune)
     if unknown:
@@ -168,19 +171,14 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     unknown = set(cfg.repair.baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown repair baselines {sorted(unknown)}; known: {BASELINES}")
+    for method in cfg.repair.get("finetune_overrides") or {}:
+        finetune_settings(cfg.repair, method)  # a typo fails now, not after attribution
     clock = StageClock()
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
     run = load_train_run(train_dir)
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
-    for method in cfg.repair.get("finetune_overrides") or {}:
-        known = ("targeted", *BASELINES)
-        if method not in known:
-            raise ValueError(
-                f"repair.finetune_overrides names {method!r}; known: {', '.join(known)}"
-            )
-        finetune_settings(cfg.repair, method)  # a typo fails now, not after attribution
     attacks = make_attacks(cfg)
     val_attacks = validation_attacks(attacks, list(cfg.repair.val_attacks))
     attribution, topology = explain_repair_split(cfg, run, clock)
