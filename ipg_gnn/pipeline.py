@@ -72,6 +72,15 @@ def close_loggers(loggers: list[Logger]) -> None:
             lg.experiment.finish()
 
 
+def publish(loggers: list[Logger], metrics: Mapping[str, float], plots: list[Path] = ()) -> None:
+    """Send a run's final numbers (and, to W&B, its plots) to every logger, then close them."""
+    for lg in loggers:
+        lg.log_metrics(dict(metrics))
+        if isinstance(lg, WandbLogger) and plots:
+            lg.log_image("plots", [str(p) for p in plots], caption=[p.stem for p in plots])
+    close_loggers(loggers)
+
+
 def load_data(cfg: DictConfig, output_dir: str | Path) -> tuple[ImageDataset, Splits]:
     """Load the dataset, cut the splits and save their indices in the run directory."""
     # Called outside `instantiate` so a missing-file error reaches the user unwrapped.
@@ -416,11 +425,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
         **{f"detector/test_{k}": v for k, v in detection["test"].items() if isinstance(v, float)},
         **{f"detector/test_auroc/{a}": r["auroc"] for a, r in detection["per_attack"].items() if r},
     }
-    for lg in loggers:
-        lg.log_metrics(metrics)
-        if isinstance(lg, WandbLogger):
-            lg.log_image("plots", [str(p) for p in plots], caption=[p.stem for p in plots])
-    close_loggers(loggers)
+    publish(loggers, metrics, plots)
     return {"attack": attack_report, "detection": detection, "ipg": ipgs}
 
 

@@ -102,7 +102,7 @@ def test_masked_repair_changes_only_planned_entries(level, trained_default, ipgs
     assert 0 < info["params_changed"] <= allowed + (3 if level == "node" else 0)
 
 
-@pytest.mark.parametrize("patience", [1, 2])
+@pytest.mark.parametrize("patience", [1, 2, None])
 def test_tolerance_stops_and_keeps_weights_within_it(trained_default, patience):
     model = trained_default["model"]
     images = trained_default["splits"].images(trained_default["data"], "repair")
@@ -123,15 +123,20 @@ def test_tolerance_stops_and_keeps_weights_within_it(trained_default, patience):
         progress=False,
     )
     history = info["history"]
-    assert history[-1].get("stopped")
-    # It stopped after `patience` checks in a row below the starting accuracy, no sooner.
     below = [h["val_clean_acc"] < info["val_clean_acc_before"] for h in history]
-    assert all(below[-patience:])
-    streak = 0
-    for b in below[:-1]:
-        streak = streak + 1 if b else 0
-        assert streak < patience
-    assert all(h["step"] % 2 == 0 for h in history)
+    if patience is None:
+        # No early stop: every one of the 3 x 10 steps ran, checked every 2 steps.
+        assert [h["step"] for h in history] == list(range(2, 31, 2))
+        assert not any(h.get("stopped") for h in history) and any(below)
+    else:
+        # It stopped after `patience` checks in a row below the starting accuracy, no sooner.
+        assert history[-1].get("stopped")
+        assert all(below[-patience:])
+        streak = 0
+        for b in below[:-1]:
+            streak = streak + 1 if b else 0
+            assert streak < patience
+        assert all(h["step"] % 2 == 0 for h in history)
     from ipg_gnn.targets import accuracy
 
     assert accuracy(repaired, images.subset(range(1, 400, 4))) >= info["val_clean_acc_before"]
@@ -189,6 +194,7 @@ def test_repair_job_end_to_end(tmp_path):
         tmp_path,
         [
             "attack=[fgsm,square]",
+            "logger=csv",
             "repair.val_attacks=[fgsm]",
             "repair.layer=net.3",
             "repair.k=2",
@@ -233,6 +239,12 @@ def test_repair_job_end_to_end(tmp_path):
             "num_classes": 10,
         },
     )
+    # The numbers reach the loggers under path keys (CSV here; W&B the same way).
+    logged = (run / "csv/version_0/metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"after/clean_acc", "baselines/random/adv_acc/fgsm", "before/val/clean_acc"} <= set(
+        logged
+    )
+    assert (run / "finetune_curves.png").stat().st_size > 10_000
     markdown = (run / "repair_report.md").read_text()
     assert "| targeted repair |" in markdown and "Validation part of the repair split" in markdown
     from ipg_gnn.repair.summary import main as summary
@@ -303,6 +315,7 @@ def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
             tmp_path,
             [
                 "attack=[fgsm]",
+                "logger=none",
                 "repair.val_attacks=[fgsm]",
                 "repair.finetune.epochs=1",
                 "repair.k=2",
@@ -337,3 +350,29 @@ def test_finetune_overrides_apply_per_method_and_reject_unknown_keys():
         ValueError, match=r"unknown settings \['learning_rate'\]; known: lr, epochs"
     ):
         finetune_settings(repair, "random")
+
+
+def test_flat_metrics_keeps_scores_and_drops_budgets_counts_and_traces():
+    from ipg_gnn.repair.report import flat_metrics
+
+    report = {
+        "train_dir": "/runs/r1",
+        "n_test": 30,
+        "after": {
+            "clean_acc": 0.9,
+            "adv_acc": {"pgd": 0.25},
+            "eps": {"pgd": 0.15},
+            "history": [{"step": 10, "val_clean_acc": 0.8}],
+            "val": {"n": 8, "clean_acc": 0.875},
+            "params_changed": 702,
+        },
+        "plan": {"level": "node", "targets": {"net.3": 2}},
+    }
+    assert flat_metrics(report) == {
+        "n_test": 30.0,
+        "after/clean_acc": 0.9,
+        "after/adv_acc/pgd": 0.25,
+        "after/val/clean_acc": 0.875,
+        "after/params_changed": 702.0,
+        "plan/targets/net.3": 2.0,
+    }

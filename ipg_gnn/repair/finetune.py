@@ -7,10 +7,11 @@ not change either. The loss is cross-entropy on clean inputs and on adversarial 
 against the model being repaired at that step, plus an optional consistency term that keeps the
 repaired units' pre-activations on an adversarial input close to their clean values. Every
 `check_every` steps the clean accuracy on a validation part is measured; once it has stayed more
-than `tolerance` below the start for `patience` checks in a row, training stops. The weights
-returned are always the last ones that were within tolerance at a check. Adversarial
-fine-tuning dips clean accuracy in its first steps before recovering it, so a patience of one
-check with frequent checks stops almost every run before it has changed anything.
+than `tolerance` below the start for `patience` checks in a row, training stops (`patience=None`:
+never, the whole schedule runs). The weights returned are always the last ones that were within
+tolerance at a check. Adversarial fine-tuning dips clean accuracy for hundreds of steps before
+recovering it (full MNIST, every parameter: 95.8% at first, 96.7% after 20 epochs, from 97.3%),
+so any early stop during the dip returns a model that has barely changed.
 
 A plain loop rather than a Lightning `Trainer`: the per-step write-back and the eval-mode
 training are the whole point here, and a loop states them directly.
@@ -59,12 +60,12 @@ def masked_finetune(
     consistency_units: Mapping[str, Sequence[int]] | None = None,
     tolerance: float = 0.01,
     check_every: int = 1,
-    patience: int = 1,
+    patience: int | None = 1,
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
     """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary."""
-    if check_every < 1 or patience < 1:
+    if check_every < 1 or (patience is not None and patience < 1):
         raise ValueError(f"check_every and patience must be >= 1; got {check_every}, {patience}")
     params = dict(model.named_parameters())
     unknown = set(masks) - set(params)
@@ -132,7 +133,7 @@ def masked_finetune(
                 kept = {name: p.detach().clone() for name, p in trainable.items()}
                 continue
             strikes += 1
-            if strikes >= patience:
+            if patience is not None and strikes >= patience:
                 history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
                 break
         if strikes:

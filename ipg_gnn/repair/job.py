@@ -29,6 +29,8 @@ from ipg_gnn.pipeline import (
     latest_train_run,
     load_train_run,
     make_attacks,
+    make_loggers,
+    publish,
     target_arch,
 )
 from ipg_gnn.provenance import build_plan
@@ -42,7 +44,7 @@ from ipg_gnn.repair import (
     plan_masks,
 )
 from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks, mean_unit_outputs
-from ipg_gnn.repair.report import markdown_report
+from ipg_gnn.repair.report import flat_metrics, markdown_report, plot_finetune_curves
 
 log = logging.getLogger(__name__)
 BASELINES = ("random", "last_layer", "full_finetune", "activation_patch")
@@ -165,7 +167,8 @@ def validation_attacks(attacks: dict[str, Attack], names: list[str]) -> dict[str
 
 def run_repair(cfg: DictConfig) -> dict[str, Any]:
     """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
-    `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}`."""
+    `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}` and
+    `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     unknown = set(cfg.repair.baselines) - set(BASELINES)
@@ -179,6 +182,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
+    loggers = make_loggers(cfg)
     attacks = make_attacks(cfg)
     val_attacks = validation_attacks(attacks, list(cfg.repair.val_attacks))
     attribution, topology = explain_repair_split(cfg, run, clock)
@@ -278,4 +282,10 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     }
     (out / "repair_report.json").write_text(json.dumps(report, indent=2))
     (out / "repair_report.md").write_text(markdown_report(report))
+    curves = plot_finetune_curves(
+        {"targeted": report["after"], **results},
+        cfg.repair.finetune.tolerance,
+        out / "finetune_curves.png",
+    )
+    publish(loggers, flat_metrics(report), [out / "repair_plan.png", curves])
     return report

@@ -1,8 +1,31 @@
-"""The markdown summary of a repair report."""
+"""A repair report as markdown, and as flat metrics for the loggers (W&B, CSV)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+# Per-model entries that are not scores: attack budgets, sample counts, the fine-tuning trace.
+_NOT_METRICS = ("eps", "n", "history")
+
+
+def flat_metrics(report: Mapping, prefix: str = "") -> dict[str, float]:
+    """Every number of the report's `before`, `after` and `baselines` parts under a path key
+    (`after/adv_acc/pgd`, `baselines/random/val/clean_acc`), for one W&B panel per number."""
+    flat: dict[str, float] = {}
+    for key, value in report.items():
+        if key in _NOT_METRICS:
+            continue
+        if isinstance(value, Mapping):
+            flat.update(flat_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
 
 
 def markdown_report(report: Mapping) -> str:
@@ -64,3 +87,28 @@ def _validation_table(rows: Mapping[str, Mapping]) -> list[str]:
         cells = [f"{r['val']['adv_acc'][a]:.2%}" for a in attacks]
         lines.append(f"| {name} | {r['val']['clean_acc']:.2%} | " + " | ".join(cells) + " |")
     return lines
+
+
+def plot_finetune_curves(
+    results: Mapping[str, Mapping], tolerance: float, path: str | Path
+) -> Path:
+    """Validation clean accuracy along each fine-tuning run, with the tolerance line: shows
+    the early dip of adversarial fine-tuning and which checkpoint each method kept."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    start = None
+    for name, r in results.items():
+        history = r.get("history")
+        if not history:
+            continue
+        start = r["val_clean_acc_before"]
+        ax.plot([h["step"] for h in history], [h["val_clean_acc"] for h in history], label=name)
+    if start is not None:
+        ax.axhline(start, color="grey", lw=0.8, label="before repair")
+        ax.axhline(start - tolerance, color="grey", ls="--", lw=0.8, label="tolerance")
+    ax.set_xlabel("fine-tuning step")
+    ax.set_ylabel("clean accuracy (validation part)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
