@@ -76,8 +76,9 @@ def publish(loggers: list[Logger], metrics: Mapping[str, float], plots: list[Pat
     """Send a run's final numbers (and, to W&B, its plots) to every logger, then close them."""
     for lg in loggers:
         lg.log_metrics(dict(metrics))
-        if isinstance(lg, WandbLogger) and plots:
-            lg.log_image("plots", [str(p) for p in plots], caption=[p.stem for p in plots])
+        if isinstance(lg, WandbLogger):
+            for plot in plots:  # one key each: W&B shows images of one key at one size
+                lg.log_image(f"plots/{plot.stem}", [str(plot)])
     close_loggers(loggers)
 
 

@@ -68,6 +68,10 @@ def test_train_job_end_to_end_with_offline_wandb(tmp_path):
     for png in ("roc_curves.png", "transfer_auroc.png", "ipg_benign.png", "ipg_diff_pgd.png"):
         assert (run / png).stat().st_size > 10_000
     assert list((run / "wandb").glob("offline-run-*")), "no offline W&B run was written"
+    # Every plot reached the W&B run, each under its own key.
+    media = list((run / "wandb").glob("offline-run-*/files/media/images/plots/*.png"))
+    assert any(p.name.startswith("roc_curves_") for p in media)
+    assert any(p.name.startswith("transfer_auroc_") for p in media)
 
 
 def test_train_job_needs_the_detector_splits(tmp_path):
