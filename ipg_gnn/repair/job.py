@@ -139,7 +139,7 @@ def _method_masks(name: str, model: nn.Module, plan: RepairPlan, capture_plan, s
 
 def finetune_settings(repair: DictConfig, method: str) -> dict[str, Any]:
     """`repair.finetune` with the method's own overrides (`repair.finetune_overrides.<method>`):
-    fine-tuning every weight wants a smaller step than fine-tuning a few units."""
+    a few units and every weight need not share a step size or schedule to be compared fairly."""
     known = ("targeted", *BASELINES)
     if method not in known:
         raise ValueError(f"repair.finetune_overrides names {method!r}; known: {', '.join(known)}")
