@@ -267,6 +267,12 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                 {"plan": str(out / "repair_plan.json")},
             )
         log.info("%s: clean %.4f, adv %s", name, evaluation["clean_acc"], evaluation["adv_acc"])
+    curves = plot_finetune_curves(
+        {name: r["history"] for name, r in results.items() if "history" in r},
+        before["val"]["clean_acc"],
+        cfg.repair.finetune.tolerance,
+        out / "finetune_curves.png",
+    )
     report = {
         "train_dir": str(train_dir),
         "n_test": len(test),
@@ -282,10 +288,5 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     }
     (out / "repair_report.json").write_text(json.dumps(report, indent=2))
     (out / "repair_report.md").write_text(markdown_report(report))
-    curves = plot_finetune_curves(
-        {"targeted": report["after"], **results},
-        cfg.repair.finetune.tolerance,
-        out / "finetune_curves.png",
-    )
     publish(loggers, flat_metrics(report), [out / "repair_plan.png", curves])
     return report

@@ -90,21 +90,16 @@ def _validation_table(rows: Mapping[str, Mapping]) -> list[str]:
 
 
 def plot_finetune_curves(
-    results: Mapping[str, Mapping], tolerance: float, path: str | Path
+    histories: Mapping[str, list[Mapping]], start: float, tolerance: float, path: str | Path
 ) -> Path:
-    """Validation clean accuracy along each fine-tuning run, with the tolerance line: shows
-    the early dip of adversarial fine-tuning and which checkpoint each method kept."""
+    """Validation clean accuracy along each fine-tuning run (`start`: the original model's),
+    with the tolerance line: shows the early dip of adversarial fine-tuning and which
+    checkpoint each method kept."""
     fig, ax = plt.subplots(figsize=(7, 4))
-    start = None
-    for name, r in results.items():
-        history = r.get("history")
-        if not history:
-            continue
-        start = r["val_clean_acc_before"]
+    for name, history in histories.items():
         ax.plot([h["step"] for h in history], [h["val_clean_acc"] for h in history], label=name)
-    if start is not None:
-        ax.axhline(start, color="grey", lw=0.8, label="before repair")
-        ax.axhline(start - tolerance, color="grey", ls="--", lw=0.8, label="tolerance")
+    ax.axhline(start, color="grey", lw=0.8, label="before repair")
+    ax.axhline(start - tolerance, color="grey", ls="--", lw=0.8, label="tolerance")
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("clean accuracy (validation part)")
     ax.legend(fontsize=8)
