@@ -11,7 +11,14 @@ from art.attacks.evasion import ProjectedGradientDescent
 
 from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.checkpoints import load_checkpoint
-from ipg_gnn.explain import EXPLAINERS, PlanError, RepairPlan, attribute, make_plan
+from ipg_gnn.explain import (
+    EXPLAINERS,
+    PlanError,
+    RepairPlan,
+    attribute,
+    flow_difference,
+    make_plan,
+)
 from ipg_gnn.provenance import build_plan
 from ipg_gnn.repair import all_masks, masked_finetune, plan_masks
 from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks
@@ -41,6 +48,30 @@ def test_every_explainer_gives_contrasted_node_and_edge_importances(algorithm, i
     assert a.edge.shape == (topology.edge_index.shape[1],)
     assert torch.isfinite(a.node).all() and float(a.edge_adv.abs().sum()) > 0
     torch.testing.assert_close(a.node, a.node_adv - a.node_benign)
+
+
+def test_flow_difference_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = MLP((1, 1, 3), 2, widths=(4,)).eval()
+    x = torch.rand(5, 1, 1, 3)
+    x_adv = x + 0.1 * torch.randn_like(x)
+    a, topology = flow_difference(model, x, x_adv, chunk_size=2, progress=False)
+    # Nodes: 3 inputs, 4 hidden units, 2 outputs; every weight is an edge.
+    assert topology.num_nodes == 9 and topology.edge_index.shape[1] == 4 * 3 + 2 * 4
+    w1, w2 = model.net[1].weight.detach(), model.net[3].weight.detach()
+    with torch.no_grad():
+        hidden = [model.net[:3](v) for v in (x, x_adv)]
+        out = [model(v) for v in (x, x_adv)]
+    first = (w1 * (x_adv - x).flatten(1)[:, None, :]).abs().mean(0)  # (4, 3): |W dx|
+    second = (w2 * (hidden[1] - hidden[0])[:, None, :]).abs().mean(0)  # (2, 4)
+    torch.testing.assert_close(a.edge, torch.cat([first.flatten(), second.flatten()]))
+    expected_nodes = torch.cat(
+        [first.sum(0), second.sum(0), (out[1] - out[0]).abs().mean(0)]  # outputs: |d logit|
+    )
+    torch.testing.assert_close(a.node, expected_nodes)
+    assert float(a.node_benign.abs().sum()) == 0.0  # the pairing is the contrast
+    with pytest.raises(ValueError, match="pair one to one"):
+        flow_difference(model, x, x_adv[:3], progress=False)
 
 
 def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path):  # noqa: F811
@@ -260,6 +291,42 @@ def test_repair_job_end_to_end(tmp_path):
     (tmp_path / "logs/train/r1/detector.pt").unlink()
     with pytest.raises(FileNotFoundError, match="has no detector"):
         run_repair(compose_config("repair", tmp_path))
+
+
+def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_capture(tmp_path):
+    from ipg_gnn.repair.job import run_repair
+
+    tiny_train_run(tmp_path)
+    report = run_repair(
+        compose_config(
+            "repair",
+            tmp_path,
+            [
+                "explainer=flow_difference",
+                "attack=[fgsm]",
+                "logger=none",
+                "repair.val_attacks=[fgsm]",
+                "repair.layer=net.1",
+                "repair.level=edge",
+                "repair.k=20",
+                "repair.finetune.epochs=1",
+                "repair.baselines=[random]",
+                "repair.train_attack.art_attack.max_iter=3",
+            ],
+        )
+    )
+    plan = RepairPlan.load(tmp_path / "run" / "repair_plan.json")
+    assert plan.provenance["explainer"] == "flow_difference"
+    edges = plan.layers["net.1"]["edges"]
+    assert len(edges) == 784 * 350  # every weight of the first layer is ranked
+    assert {e[1] for e in edges[:20]} == {"input"} and [e[4] for e in edges] == sorted(
+        (e[4] for e in edges), reverse=True
+    )
+    assert plan.targets["net.1"] == [[e[0], e[3]] for e in edges[:20]]
+    assert 0 < report["after"]["params_changed"] <= 20
+    assert (
+        report["after"]["params_allowed"] == report["baselines"]["random"]["params_allowed"] == 20
+    )
 
 
 def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):

@@ -38,7 +38,8 @@ class RepairPlan:
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def save(self, path: str | Path) -> Path:
-        Path(path).write_text(json.dumps(asdict(self), indent=1))
+        # Compact: a dense IPG's first layer alone ranks hundreds of thousands of edges.
+        Path(path).write_text(json.dumps(asdict(self), separators=(",", ":")))
         return Path(path)
 
     @classmethod
@@ -73,13 +74,23 @@ def rank_layers(attribution: Attribution, topology: Topology) -> dict[str, dict[
         edge_order = incoming[
             torch.argsort(attribution.edge[incoming], descending=True, stable=True)
         ]
+        # Plain lists first: a dense IPG gives a first layer hundreds of thousands of edges.
+        sources = src[edge_order].tolist()
         layers[layer["name"]] = {
             "kind": layer["kind"],
             "num_units": layer["num_units"],
-            "units": [[int(u), float(node_scores[u])] for u in order],
+            "units": [
+                [u, score]
+                for u, score in zip(order.tolist(), node_scores[order].tolist(), strict=True)
+            ],
             "edges": [
-                [int(src[e]), *table[int(src[e])], int(dst[e]) - lo, float(attribution.edge[e])]
-                for e in edge_order
+                [s, *table[s], d - lo, score]
+                for s, d, score in zip(
+                    sources,
+                    dst[edge_order].tolist(),
+                    attribution.edge[edge_order].tolist(),
+                    strict=True,
+                )
             ],
         }
     return layers

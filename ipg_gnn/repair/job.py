@@ -15,10 +15,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
-from ipg_gnn.attacks import Attack
+from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.checkpoints import load_checkpoint, save_checkpoint
 from ipg_gnn.data import Images
-from ipg_gnn.explain import PlanError, RepairPlan, attribute, make_plan
+from ipg_gnn.explain import (
+    FLOW_EXPLAINER,
+    PlanError,
+    RepairPlan,
+    attribute,
+    flow_difference,
+    make_plan,
+)
 from ipg_gnn.explain.plot import plot_plan
 from ipg_gnn.pipeline import (
     StageClock,
@@ -59,8 +66,9 @@ def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[I
 
 
 def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
-    """Attribution over the train run's detector on the repair split's benign and adversarial
-    IPGs (built here, through the same cache as train.py's)."""
+    """Attribution on the repair split: over the train run's detector on the split's benign and
+    adversarial IPGs (built through the same cache as train.py's), or, for `flow_difference`,
+    from the model's dense IPGs of the split's inputs and their adversarial versions."""
     detector_path = run.directory / "detector.pt"
     if not detector_path.is_file():
         raise FileNotFoundError(
@@ -77,13 +85,19 @@ def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
     with open_dict(train_cfg):
         train_cfg.ipg.splits = ["repair"]
         train_cfg.attack = {attack: train_cfg.attack[attack]}
+    e = cfg.explainer
+    if e.algorithm == FLOW_EXPLAINER:
+        images = run.splits.images(run.data, "repair")
+        with clock("attribution"):
+            seed_attack_rng(cfg.seed)
+            adversarial = make_attacks(train_cfg)[attack](run.model, images.x, images.y).x_adv
+            return flow_difference(run.model, images.x, adversarial, e.batch_size)
     with clock("repair_ipgs"):
         ipgs = build_ipg_datasets(
             train_cfg, run.model, run.data, run.splits, make_attacks(train_cfg)
         )
     dataset = ipg_dataset(ipgs, "repair", [attack])
     detector = load_checkpoint(detector_path, detector_arch(run.cfg, dataset.topology.num_nodes))
-    e = cfg.explainer
     with clock("attribution"):
         attribution = attribute(detector, dataset, e.algorithm, e.batch_size, e.epochs, e.lr)
     return attribution, dataset.topology
@@ -187,7 +201,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     val_attacks = validation_attacks(attacks, list(cfg.repair.val_attacks))
     attribution, topology = explain_repair_split(cfg, run, clock)
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
-    capture_plan = build_plan(run.model, fine_tune.x[:1])
+    capture_plan = build_plan(run.model, fine_tune.x[:1], topology.config.include_input)
     repairable = [op.layer.name for op in capture_plan.ops if op.kind != "add"]
     layer = cfg.repair.layer
     layers = [layer] if isinstance(layer, str) else list(layer or [])

@@ -1,0 +1,70 @@
+"""Flow-difference attribution: the units and weights that carry the change an attack makes.
+
+The detector explainers score only the edges an IPG captured (static mode keeps the top `k`
+incoming edges per unit, so most of a first layer's weights are never seen). This explainer
+compares, input by input, the dense IPG of a benign input with the dense IPG of its adversarial
+version, with the input features as nodes so that every weight is an edge:
+
+- an edge (one weight) scores the mean |change of its contribution|;
+- a unit scores the summed change over its outgoing edges: what it passes on to the next layer
+  (a unit with no outgoing edge, an output, scores the mean |change of its value|).
+
+The pairing is the contrast with benign inputs, so the benign means of the `Attribution` are 0.
+No detector is involved: on the MNIST MLP this ranking beat random plans on the repair split's
+validation part where the detector explainers did not (see the README's results).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ipg_gnn.checkpoints import model_fingerprint
+from ipg_gnn.explain.attribution import Attribution
+from ipg_gnn.graphs import Topology
+from ipg_gnn.provenance import CaptureConfig, IPGCapture
+
+FLOW_EXPLAINER = "flow_difference"
+
+
+def flow_difference(
+    model: nn.Module,
+    benign: torch.Tensor,
+    adversarial: torch.Tensor,
+    chunk_size: int = 256,
+    progress: bool = True,
+) -> tuple[Attribution, Topology]:
+    """Mean |flow change| per edge and per unit between the dense IPGs of `benign` inputs and
+    of their `adversarial` versions (same order), and the dense topology they are scored on."""
+    if benign.shape != adversarial.shape:
+        raise ValueError(
+            f"benign inputs {tuple(benign.shape)} and adversarial inputs "
+            f"{tuple(adversarial.shape)} must pair one to one"
+        )
+    if len(benign) == 0:
+        raise ValueError("flow difference needs at least one benign/adversarial pair")
+    config = CaptureConfig(mode="dense", include_input=True, chunk_size=chunk_size)
+    capturer = IPGCapture(model, benign[:1], config)
+    topology = Topology.from_capture(capturer, model_fingerprint(model))
+    edge = torch.zeros(topology.edge_index.shape[1])
+    value = torch.zeros(topology.num_nodes)
+    for i in tqdm(
+        range(0, len(benign), chunk_size),
+        desc="attribution (flow_difference)",
+        disable=not progress,
+        leave=False,
+    ):
+        clean = capturer(benign[i : i + chunk_size])
+        attacked = capturer(adversarial[i : i + chunk_size])
+        edge += (attacked.contribution - clean.contribution).abs().sum(0)
+        value += (attacked.x[..., 0] - clean.x[..., 0]).abs().sum(0)
+    edge /= len(benign)
+    value /= len(benign)
+    source = topology.edge_index[0]
+    node = torch.zeros(topology.num_nodes).index_add_(0, source, edge)
+    sinks = torch.ones(topology.num_nodes, dtype=torch.bool)
+    sinks[source] = False
+    node[sinks] = value[sinks]
+    zeros = torch.zeros_like
+    return Attribution(node, zeros(node), edge, zeros(edge), FLOW_EXPLAINER), topology
