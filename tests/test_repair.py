@@ -310,7 +310,10 @@ def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_captur
                 "repair.level=edge",
                 "repair.k=20",
                 "repair.finetune.epochs=1",
-                "repair.baselines=[random]",
+                # Every fine-tuning method hands its repaired units to the consistency term
+                # (masked_finetune refuses the term without them).
+                "repair.finetune.consistency_weight=1.0",
+                "repair.baselines=[random,last_layer]",
                 "repair.train_attack.art_attack.max_iter=3",
             ],
         )
@@ -368,6 +371,8 @@ def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):
         return float((adv - clean).pow(2).mean())
 
     assert gap(50.0) < gap(0.0)
+    with pytest.raises(ValueError, match="needs the repaired units"):
+        masked_finetune(MLP((1, 28, 28), 10), masks, train, val, attack, consistency_weight=1.0)
 
 
 @pytest.mark.parametrize("target", ["cnn", "resnet"])

@@ -67,6 +67,8 @@ def masked_finetune(
     """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary."""
     if check_every < 1 or (patience is not None and patience < 1):
         raise ValueError(f"check_every and patience must be >= 1; got {check_every}, {patience}")
+    if consistency_weight and not consistency_units:
+        raise ValueError("the consistency term needs the repaired units: pass consistency_units")
     params = dict(model.named_parameters())
     unknown = set(masks) - set(params)
     if unknown:

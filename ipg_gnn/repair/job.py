@@ -140,15 +140,21 @@ def planned_units(plan: RepairPlan) -> dict[str, list[int]]:
     return {layer: sorted({unit for _, unit in t}) for layer, t in plan.targets.items()}
 
 
-def _method_masks(name: str, model: nn.Module, plan: RepairPlan, capture_plan, seed: int) -> Masks:
-    if name == "targeted":
-        return plan_masks(model, plan, capture_plan)
-    if name == "random":
-        return plan_masks(model, random_plan(plan, seed), capture_plan)
+def _method_targets(
+    name: str, model: nn.Module, plan: RepairPlan, capture_plan, seed: int
+) -> tuple[Masks, dict[str, list[int]]]:
+    """What a fine-tuning method may change, and the units it repairs (those the optional
+    consistency term keeps close to their clean values)."""
+    if name in ("targeted", "random"):
+        chosen = plan if name == "targeted" else random_plan(plan, seed)
+        return plan_masks(model, chosen, capture_plan), planned_units(chosen)
+    layers = [op.layer.name for op in capture_plan.ops if op.kind != "add"]
     if name == "last_layer":
-        last = [op.layer.name for op in capture_plan.ops if op.kind != "add"][-1]
-        return layer_masks(model, [last])
-    return all_masks(model)
+        layers, masks = layers[-1:], layer_masks(model, layers[-1:])
+    else:
+        masks = all_masks(model)
+    units = {lay: list(range(model.get_submodule(lay).weight.shape[0])) for lay in layers}
+    return masks, units
 
 
 def finetune_settings(repair: DictConfig, method: str) -> dict[str, Any]:
@@ -258,13 +264,14 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                 }
             else:
                 model = copy.deepcopy(run.model)
-                masks = _method_masks(name, model, plan, capture_plan, cfg.seed)
+                masks, units = _method_targets(name, model, plan, capture_plan, cfg.seed)
                 info = masked_finetune(
                     model,
                     masks,
                     fine_tune,
                     val,
                     train_attack,
+                    consistency_units=units,
                     seed=cfg.seed,
                     **finetune_settings(cfg.repair, name),
                 )
