@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ipg_gnn.explain.flow import FLOW_EXPLAINER  # noqa: E402
 from ipg_gnn.explain.plan import RepairPlan  # noqa: E402
 
 
@@ -18,6 +19,11 @@ def plot_plan(plan: RepairPlan, path: str | Path, top: int = 30) -> Path:
     highlighted). Bottom row: heatmap of the layer's strongest incoming edges (source unit x
     unit), coloured by contrasted importance."""
     layers = list(plan.targets)
+    score = (
+        "mean |flow change| under attack"
+        if plan.provenance.get("explainer") == FLOW_EXPLAINER
+        else "adversarial - benign importance"
+    )
     fig, axes = plt.subplots(2, len(layers), figsize=(5 * len(layers), 7), squeeze=False)
     for col, layer in enumerate(layers):
         info = plan.layers[layer]
@@ -36,7 +42,7 @@ def plot_plan(plan: RepairPlan, path: str | Path, top: int = 30) -> Path:
         ax.set_xticks(range(len(units)), [str(u) for u, _ in units], rotation=90, fontsize=6)
         ax.set(
             title=f"{layer}: units by importance (red: planned)",
-            ylabel="adversarial - benign importance",
+            ylabel=score,
         )
         edges = info["edges"][: top * 3]
         ax = axes[1, col]
