@@ -140,6 +140,11 @@ def planned_units(plan: RepairPlan) -> dict[str, list[int]]:
     return {layer: sorted({unit for _, unit in t}) for layer, t in plan.targets.items()}
 
 
+def weight_layers(capture_plan) -> list[str]:
+    """The model's weight layers (Linear, Conv) in forward order: what a repair can change."""
+    return [op.layer.name for op in capture_plan.ops if op.kind != "add"]
+
+
 def _method_targets(
     name: str, model: nn.Module, plan: RepairPlan, capture_plan, seed: int
 ) -> tuple[Masks, dict[str, list[int]]]:
@@ -148,7 +153,7 @@ def _method_targets(
     if name in ("targeted", "random"):
         chosen = plan if name == "targeted" else random_plan(plan, seed)
         return plan_masks(model, chosen, capture_plan), planned_units(chosen)
-    layers = [op.layer.name for op in capture_plan.ops if op.kind != "add"]
+    layers = weight_layers(capture_plan)
     if name == "last_layer":
         layers, masks = layers[-1:], layer_masks(model, layers[-1:])
     else:
@@ -208,7 +213,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     attribution, topology = explain_repair_split(cfg, run, clock)
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
     capture_plan = build_plan(run.model, fine_tune.x[:1], topology.config.include_input)
-    repairable = [op.layer.name for op in capture_plan.ops if op.kind != "add"]
+    repairable = weight_layers(capture_plan)
     layer = cfg.repair.layer
     layers = [layer] if isinstance(layer, str) else list(layer or [])
     unknown = [name for name in layers if name not in repairable]
