@@ -293,10 +293,11 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                 {"plan": str(out / "repair_plan.json")},
             )
         log.info("%s: clean %.4f, adv %s", name, evaluation["clean_acc"], evaluation["adv_acc"])
+    histories = {name: r["history"] for name, r in results.items() if "history" in r}
     curves = plot_finetune_curves(
-        {name: r["history"] for name, r in results.items() if "history" in r},
+        histories,
         before["val"]["clean_acc"],
-        cfg.repair.finetune.tolerance,
+        {name: finetune_settings(cfg.repair, name)["tolerance"] for name in histories},
         out / "finetune_curves.png",
     )
     report = {

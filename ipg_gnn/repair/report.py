@@ -90,16 +90,23 @@ def _validation_table(rows: Mapping[str, Mapping]) -> list[str]:
 
 
 def plot_finetune_curves(
-    histories: Mapping[str, list[Mapping]], start: float, tolerance: float, path: str | Path
+    histories: Mapping[str, list[Mapping]],
+    start: float,
+    tolerances: Mapping[str, float],
+    path: str | Path,
 ) -> Path:
     """Validation clean accuracy along each fine-tuning run (`start`: the original model's),
-    with the tolerance line: shows the early dip of adversarial fine-tuning and which
+    with each method's tolerance line: shows the early dip of adversarial fine-tuning and which
     checkpoint each method kept."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, history in histories.items():
         ax.plot([h["step"] for h in history], [h["val_clean_acc"] for h in history], label=name)
     ax.axhline(start, color="grey", lw=0.8, label="before repair")
-    ax.axhline(start - tolerance, color="grey", ls="--", lw=0.8, label="tolerance")
+    distinct = sorted(set(tolerances.values()))
+    for tolerance in distinct:
+        names = [n for n, t in tolerances.items() if t == tolerance]
+        label = "tolerance" if len(distinct) == 1 else f"tolerance ({', '.join(names)})"
+        ax.axhline(start - tolerance, color="grey", ls="--", lw=0.8, label=label)
     ax.set_xlabel("fine-tuning step")
     ax.set_ylabel("clean accuracy (validation part)")
     ax.legend(fontsize=8)
