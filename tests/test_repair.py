@@ -297,6 +297,7 @@ def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_captur
     from ipg_gnn.repair.job import run_repair
 
     tiny_train_run(tmp_path)
+    (tmp_path / "logs/train/r1/detector.pt").unlink()  # the flow needs no detector
     report = run_repair(
         compose_config(
             "repair",
@@ -319,7 +320,7 @@ def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_captur
         )
     )
     plan = RepairPlan.load(tmp_path / "run" / "repair_plan.json")
-    assert plan.provenance["explainer"] == "flow_difference"
+    assert plan.provenance["explainer"] == "flow_difference" and plan.provenance["detector"] is None
     edges = plan.layers["net.1"]["edges"]
     assert len(edges) == 784 * 350  # every weight of the first layer is ranked
     assert {e[1] for e in edges[:20]} == {"input"} and [e[4] for e in edges] == sorted(

@@ -68,13 +68,8 @@ def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[I
 def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
     """Attribution on the repair split: over the train run's detector on the split's benign and
     adversarial IPGs (built through the same cache as train.py's), or, for `flow_difference`,
-    from the model's dense IPGs of the split's inputs and their adversarial versions."""
-    detector_path = run.directory / "detector.pt"
-    if not detector_path.is_file():
-        raise FileNotFoundError(
-            f"{run.directory} has no detector (detector.pt): run train.py "
-            "to the end before repair.py"
-        )
+    from the model's dense IPGs of the split's inputs and their adversarial versions (no
+    detector needed)."""
     attack = cfg.explainer.attack
     train_cfg = copy.deepcopy(run.cfg)
     if attack not in train_cfg.attack:
@@ -92,6 +87,12 @@ def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
             seed_attack_rng(cfg.seed)
             adversarial = make_attacks(train_cfg)[attack](run.model, images.x, images.y).x_adv
             return flow_difference(run.model, images.x, adversarial, e.batch_size)
+    detector_path = run.directory / "detector.pt"
+    if not detector_path.is_file():
+        raise FileNotFoundError(
+            f"{run.directory} has no detector (detector.pt): run train.py to the end before "
+            f"repair.py, or use explainer={FLOW_EXPLAINER}, which needs none"
+        )
     with clock("repair_ipgs"):
         ipgs = build_ipg_datasets(
             train_cfg, run.model, run.data, run.splits, make_attacks(train_cfg)
@@ -230,7 +231,9 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
         plan_counts(cfg, run.model, capture_plan, layers or repairable),
         {
             "train_dir": str(train_dir),
-            "detector": str(train_dir / "detector.pt"),
+            "detector": None
+            if cfg.explainer.algorithm == FLOW_EXPLAINER
+            else str(train_dir / "detector.pt"),
             "explainer_attack": cfg.explainer.attack,
         },
     )
