@@ -282,6 +282,7 @@ def test_repair_job_end_to_end(tmp_path):
 
     text = summary([str(tmp_path)])
     assert "| net.3 | node | 2 |" in text and (tmp_path / "summary.json").is_file()
+    assert (tmp_path / "summary.png").stat().st_size > 10_000
     bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_attacks=[pgd]"])
     with pytest.raises(ValueError, match="not among the evaluation attacks"):
         run_repair(bad)

@@ -2,7 +2,10 @@
 `python repair.py -m repair.layer=net.1,net.3,net.5`) into one table.
 
 `python -m ipg_gnn.repair.summary <multirun dir>` prints a markdown table, one row per job
-(layer, level, budget), and writes it next to the jobs as `summary.md` and `summary.json`.
+(layer, level, budget), and writes it next to the jobs as `summary.md` and `summary.json`, with
+`summary.png`: each job's test adversarial accuracy against the share of parameters it changed,
+targeted and random plan side by side, which shows what a budget sweep buys
+(`python repair.py -m repair.layer=net.1 repair.fraction=0.05,0.1,0.2`).
 """
 
 from __future__ import annotations
@@ -11,7 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
+import matplotlib
 from omegaconf import OmegaConf
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 
 def gather(directory: str | Path) -> list[dict]:
@@ -79,6 +86,35 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_budget(rows: list[dict], path: str | Path) -> Path:
+    """Test adversarial accuracy against parameters changed, one panel per attack: targeted
+    repair, its random plan of the same budget and the unrepaired model, per job."""
+    attacks = list(rows[0]["before"]["adv_acc"])
+    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.4), squeeze=False)
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        x = [r["after"]["params_changed_fraction"] for r in rows]
+        ax.scatter(x, [r["after"]["adv_acc"][attack] for r in rows], label="targeted", marker="o")
+        randoms = [(xi, r["random"]) for xi, r in zip(x, rows, strict=True) if r["random"]]
+        ax.scatter(
+            [xi for xi, _ in randoms],
+            [r["adv_acc"][attack] for _, r in randoms],
+            label="random plan",
+            marker="x",
+        )
+        ax.scatter(x, [r["before"]["adv_acc"][attack] for r in rows], label="before", marker=".")
+        for xi, r in zip(x, rows, strict=True):
+            ax.annotate(r["layer"], (xi, r["after"]["adv_acc"][attack]), fontsize=7)
+        ax.set_xscale("log")
+        ax.set_xlabel("share of parameters changed")
+        ax.set_title(f"{attack} (test)")
+    axes[0][0].set_ylabel("adversarial accuracy")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         prog="python -m ipg_gnn.repair.summary",
@@ -91,6 +127,7 @@ def main(argv: list[str] | None = None) -> str:
     text = table(rows)
     (Path(args.directory) / "summary.md").write_text(text)
     (Path(args.directory) / "summary.json").write_text(json.dumps(rows, indent=2))
+    plot_budget(rows, Path(args.directory) / "summary.png")
     print(text)
     return text
 
