@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import PercentFormatter  # noqa: E402
 
 
 def gather(directory: str | Path) -> list[dict]:
@@ -88,7 +89,8 @@ def table(rows: list[dict]) -> str:
 
 def plot_budget(rows: list[dict], path: str | Path) -> Path:
     """Test adversarial accuracy against parameters changed, one panel per attack: targeted
-    repair, its random plan of the same budget and the unrepaired model, per job."""
+    repair (labelled `layer: targets`), its random plan of the same budget and the unrepaired
+    model, per job."""
     attacks = list(rows[0]["before"]["adv_acc"])
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.4), squeeze=False)
     for ax, attack in zip(axes[0], attacks, strict=True):
@@ -103,8 +105,10 @@ def plot_budget(rows: list[dict], path: str | Path) -> Path:
         )
         ax.scatter(x, [r["before"]["adv_acc"][attack] for r in rows], label="before", marker=".")
         for xi, r in zip(x, rows, strict=True):
-            ax.annotate(r["layer"], (xi, r["after"]["adv_acc"][attack]), fontsize=7)
-        ax.set_xscale("log")
+            label = f"{r['layer']}: {sum(r['targets'].values())}"
+            ax.annotate(label, (xi, r["after"]["adv_acc"][attack]), fontsize=7)
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_xlabel("share of parameters changed")
         ax.set_title(f"{attack} (test)")
     axes[0][0].set_ylabel("adversarial accuracy")
