@@ -231,6 +231,7 @@ def test_repair_job_end_to_end(tmp_path):
             "repair.k=2",
             "repair.finetune.epochs=1",
             "repair.baselines=[random,activation_patch]",
+            "repair.random_draws=2",
             "attack.square.art_attack.max_iter=20",
             "repair.train_attack.art_attack.max_iter=3",
         ],
@@ -254,6 +255,12 @@ def test_repair_job_end_to_end(tmp_path):
     ):
         assert key in report["after"], key
     assert set(report["baselines"]) == {"random", "activation_patch"}
+    # Two random plans (seeds 0 and 1): the baseline row is their mean, each kept under draws.
+    draws = report["baselines"]["random"]["draws"]
+    assert len(draws) == 2 and all(d["params_allowed"] == 2 * 351 for d in draws)
+    assert report["baselines"]["random"]["adv_acc"]["fgsm"] == pytest.approx(
+        (draws[0]["adv_acc"]["fgsm"] + draws[1]["adv_acc"]["fgsm"]) / 2
+    )
     # Validation numbers (repair split's held-out part: 8 of its 40 inputs) for every model.
     for r in (report["before"], report["after"], *report["baselines"].values()):
         assert r["val"]["n"] == 8 and set(r["val"]["adv_acc"]) == {"fgsm"}
@@ -278,6 +285,7 @@ def test_repair_job_end_to_end(tmp_path):
     assert (run / "finetune_curves.png").stat().st_size > 10_000
     markdown = (run / "repair_report.md").read_text()
     assert "| targeted repair |" in markdown and "Validation part of the repair split" in markdown
+    assert "| random (mean of 2 plans) |" in markdown
     from ipg_gnn.repair.summary import main as summary
 
     text = summary([str(tmp_path)])
@@ -286,6 +294,8 @@ def test_repair_job_end_to_end(tmp_path):
     bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_attacks=[pgd]"])
     with pytest.raises(ValueError, match="not among the evaluation attacks"):
         run_repair(bad)
+    with pytest.raises(ValueError, match="random_draws must be >= 1"):
+        run_repair(compose_config("repair", tmp_path, ["repair.random_draws=0"]))
     bad = compose_config("repair", tmp_path, ["repair.layer=net.2"])
     with pytest.raises(PlanError, match="valid layers: net.1, net.3, net.5"):
         run_repair(bad)
@@ -424,6 +434,19 @@ def test_finetune_overrides_apply_per_method_and_reject_unknown_keys():
         ValueError, match=r"unknown settings \['learning_rate'\]; known: lr, epochs"
     ):
         finetune_settings(repair, "random")
+
+
+def test_mean_results_averages_shared_numbers_and_drops_traces():
+    from ipg_gnn.repair.report import mean_results
+
+    runs = [
+        {"clean_acc": 0.9, "adv_acc": {"pgd": 0.2}, "history": [{"step": 1}], "params_changed": 3},
+        {"clean_acc": 0.8, "adv_acc": {"pgd": 0.5}, "history": [{"step": 2}], "params_changed": 6},
+    ]
+    mean = mean_results(runs)
+    assert set(mean) == {"clean_acc", "adv_acc", "params_changed"}
+    assert mean["clean_acc"] == pytest.approx(0.85) and mean["params_changed"] == 4.5
+    assert mean["adv_acc"] == pytest.approx({"pgd": 0.35})
 
 
 def test_flat_metrics_keeps_scores_and_drops_budgets_counts_and_traces():

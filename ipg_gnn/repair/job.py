@@ -51,7 +51,12 @@ from ipg_gnn.repair import (
     plan_masks,
 )
 from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks, mean_unit_outputs
-from ipg_gnn.repair.report import flat_metrics, markdown_report, plot_finetune_curves
+from ipg_gnn.repair.report import (
+    flat_metrics,
+    markdown_report,
+    mean_results,
+    plot_finetune_curves,
+)
 
 log = logging.getLogger(__name__)
 BASELINES = ("random", "last_layer", "full_finetune", "activation_patch")
@@ -200,6 +205,8 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     unknown = set(cfg.repair.baselines) - set(BASELINES)
     if unknown:
         raise ValueError(f"unknown repair baselines {sorted(unknown)}; known: {BASELINES}")
+    if cfg.repair.random_draws < 1:
+        raise ValueError(f"repair.random_draws must be >= 1; got {cfg.repair.random_draws}")
     for method in cfg.repair.get("finetune_overrides") or {}:
         finetune_settings(cfg.repair, method)  # a typo fails now, not after attribution
     clock = StageClock()
@@ -252,9 +259,10 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     with clock("evaluate_before"):
         before, original_adv = evaluate(run.model)
     train_attack = instantiate(cfg.repair.train_attack)
-    results = {}
-    for name in ["targeted", *cfg.repair.baselines]:
-        with clock(f"repair_{name}"):
+
+    def repair_and_evaluate(name: str, stage: str, plan_seed: int) -> tuple[nn.Module, dict]:
+        """One method's repaired model and its numbers (`plan_seed`: the random plan's draw)."""
+        with clock(stage):
             if name == "activation_patch":
                 units = planned_units(plan)
                 model = ActivationPatch(
@@ -272,7 +280,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                 }
             else:
                 model = copy.deepcopy(run.model)
-                masks, units = _method_targets(name, model, plan, capture_plan, cfg.seed)
+                masks, units = _method_targets(name, model, plan, capture_plan, plan_seed)
                 info = masked_finetune(
                     model,
                     masks,
@@ -284,10 +292,22 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                     **finetune_settings(cfg.repair, name),
                 )
                 info["params_allowed"] = count_allowed(masks)
-        info["repair_seconds"] = clock.seconds[f"repair_{name}"]
-        with clock(f"evaluate_{name}"):
+        info["repair_seconds"] = clock.seconds[stage]
+        with clock(stage.replace("repair_", "evaluate_", 1)):
             evaluation, _ = evaluate(model, transfer_from=original_adv)
-        results[name] = {**evaluation, **info}
+        log.info("%s: clean %.4f, adv %s", stage, evaluation["clean_acc"], evaluation["adv_acc"])
+        return model, {**evaluation, **info}
+
+    results = {}
+    for name in ["targeted", *cfg.repair.baselines]:
+        if name == "random" and cfg.repair.random_draws > 1:
+            draws = [
+                repair_and_evaluate(name, f"repair_random_{d}", cfg.seed + d)[1]
+                for d in range(cfg.repair.random_draws)
+            ]
+            results[name] = {**mean_results(draws), "draws": draws}
+            continue
+        model, results[name] = repair_and_evaluate(name, f"repair_{name}", cfg.seed)
         if name == "targeted":
             save_checkpoint(
                 out / "repaired.pt",
@@ -295,7 +315,6 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                 target_arch(run.cfg, run.data),
                 {"plan": str(out / "repair_plan.json")},
             )
-        log.info("%s: clean %.4f, adv %s", name, evaluation["clean_acc"], evaluation["adv_acc"])
     histories = {name: r["history"] for name, r in results.items() if "history" in r}
     curves = plot_finetune_curves(
         histories,

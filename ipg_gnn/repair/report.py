@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -28,6 +28,18 @@ def flat_metrics(report: Mapping, prefix: str = "") -> dict[str, float]:
     return flat
 
 
+def mean_results(results: Sequence[Mapping]) -> dict:
+    """The mean of every number the results share, nested keys kept (several random plans'
+    runs as one baseline row); traces and other non-numbers are left out."""
+    mean: dict = {}
+    for key, value in results[0].items():
+        if isinstance(value, Mapping):
+            mean[key] = mean_results([r[key] for r in results])
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            mean[key] = sum(r[key] for r in results) / len(results)
+    return mean
+
+
 def markdown_report(report: Mapping) -> str:
     attacks = list(report["before"]["adv_acc"])
     head = (
@@ -49,7 +61,14 @@ def markdown_report(report: Mapping) -> str:
         head,
         "|---" * (3 + 2 * len(attacks)) + "|---|",
     ]
-    rows = {"original": report["before"], "targeted repair": report["after"], **report["baselines"]}
+    rows = {
+        "original": report["before"],
+        "targeted repair": report["after"],
+        **{
+            f"{name} (mean of {len(r['draws'])} plans)" if "draws" in r else name: r
+            for name, r in report["baselines"].items()
+        },
+    }
     for name, r in rows.items():
         transfer = r.get("transfer_acc", {})
         cells = [f"{r['adv_acc'][a]:.2%}" for a in attacks]
