@@ -74,7 +74,7 @@ def markdown_report(report: Mapping) -> str:
         cells = [f"{r['adv_acc'][a]:.2%}" for a in attacks]
         cells += [f"{transfer[a]:.2%}" if a in transfer else "-" for a in attacks]
         changed = (
-            f"{r['params_changed']} ({r['params_changed_fraction']:.2%})"
+            f"{r['params_changed']:.0f} ({r['params_changed_fraction']:.2%})"
             if "params_changed" in r
             else "-"
         )
