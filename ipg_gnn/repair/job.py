@@ -315,12 +315,15 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                 target_arch(run.cfg, run.data),
                 {"plan": str(out / "repair_plan.json")},
             )
-    histories = {name: r["history"] for name, r in results.items() if "history" in r}
+    histories, tolerances = {}, {}
+    for name, r in results.items():
+        for d, one in enumerate(r.get("draws", [r])):
+            if "history" in one:
+                key = f"{name} {d}" if "draws" in r else name
+                histories[key] = one["history"]
+                tolerances[key] = finetune_settings(cfg.repair, name)["tolerance"]
     curves = plot_finetune_curves(
-        histories,
-        before["val"]["clean_acc"],
-        {name: finetune_settings(cfg.repair, name)["tolerance"] for name in histories},
-        out / "finetune_curves.png",
+        histories, before["val"]["clean_acc"], tolerances, out / "finetune_curves.png"
     )
     report = {
         "train_dir": str(train_dir),
