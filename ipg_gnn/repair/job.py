@@ -20,6 +20,7 @@ from ipg_gnn.checkpoints import load_checkpoint, save_checkpoint
 from ipg_gnn.data import Images
 from ipg_gnn.explain import (
     FLOW_EXPLAINER,
+    Attribution,
     PlanError,
     RepairPlan,
     attribute,
@@ -27,6 +28,7 @@ from ipg_gnn.explain import (
     make_plan,
 )
 from ipg_gnn.explain.plot import plot_plan
+from ipg_gnn.graphs import Topology
 from ipg_gnn.pipeline import (
     StageClock,
     TrainRun,
@@ -70,11 +72,13 @@ def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[I
     return images.subset(np.sort(order[n_val:])), images.subset(np.sort(order[:n_val]))
 
 
-def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
+def explain_repair_split(
+    cfg: DictConfig, run: TrainRun, clock: StageClock
+) -> tuple[Attribution, Topology, Path | None]:
     """Attribution on the repair split: over the train run's detector on the split's benign and
     adversarial IPGs (built through the same cache as train.py's), or, for `flow_difference`,
-    from the model's dense IPGs of the split's inputs and their adversarial versions (no
-    detector needed)."""
+    from the model's dense IPGs of the split's inputs and their adversarial versions. Returns
+    the attribution, the topology it is on and the detector it used (None for the flow)."""
     attack = cfg.explainer.attack
     train_cfg = copy.deepcopy(run.cfg)
     if attack not in train_cfg.attack:
@@ -91,7 +95,7 @@ def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
         with clock("attribution"):
             seed_attack_rng(cfg.seed)
             adversarial = make_attacks(train_cfg)[attack](run.model, images.x, images.y).x_adv
-            return flow_difference(run.model, images.x, adversarial, e.batch_size)
+            return (*flow_difference(run.model, images.x, adversarial, e.batch_size), None)
     detector_path = run.directory / "detector.pt"
     if not detector_path.is_file():
         raise FileNotFoundError(
@@ -106,7 +110,7 @@ def explain_repair_split(cfg: DictConfig, run: TrainRun, clock: StageClock):
     detector = load_checkpoint(detector_path, detector_arch(run.cfg, dataset.topology.num_nodes))
     with clock("attribution"):
         attribution = attribute(detector, dataset, e.algorithm, e.batch_size, e.epochs, e.lr)
-    return attribution, dataset.topology
+    return attribution, dataset.topology, detector_path
 
 
 def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:
@@ -218,7 +222,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     loggers = make_loggers(cfg)
     attacks = make_attacks(cfg)
     val_attacks = validation_attacks(attacks, list(cfg.repair.val_attacks))
-    attribution, topology = explain_repair_split(cfg, run, clock)
+    attribution, topology, detector_path = explain_repair_split(cfg, run, clock)
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
     capture_plan = build_plan(run.model, fine_tune.x[:1], topology.config.include_input)
     repairable = weight_layers(capture_plan)
@@ -238,9 +242,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
         plan_counts(cfg, run.model, capture_plan, layers or repairable),
         {
             "train_dir": str(train_dir),
-            "detector": None
-            if cfg.explainer.algorithm == FLOW_EXPLAINER
-            else str(train_dir / "detector.pt"),
+            "detector": detector_path and str(detector_path),
             "explainer_attack": cfg.explainer.attack,
         },
     )
@@ -260,9 +262,10 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
         before, original_adv = evaluate(run.model)
     train_attack = instantiate(cfg.repair.train_attack)
 
-    def repair_and_evaluate(name: str, stage: str, plan_seed: int) -> tuple[nn.Module, dict]:
-        """One method's repaired model and its numbers (`plan_seed`: the random plan's draw)."""
-        with clock(stage):
+    def repair_and_evaluate(name: str, tag: str, plan_seed: int) -> tuple[nn.Module, dict]:
+        """One method's repaired model and its numbers, timed as `repair_<tag>` and
+        `evaluate_<tag>` (`plan_seed`: the random plan's draw)."""
+        with clock(f"repair_{tag}"):
             if name == "activation_patch":
                 units = planned_units(plan)
                 model = ActivationPatch(
@@ -292,22 +295,22 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
                     **finetune_settings(cfg.repair, name),
                 )
                 info["params_allowed"] = count_allowed(masks)
-        info["repair_seconds"] = clock.seconds[stage]
-        with clock(stage.replace("repair_", "evaluate_", 1)):
+        info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
+        with clock(f"evaluate_{tag}"):
             evaluation, _ = evaluate(model, transfer_from=original_adv)
-        log.info("%s: clean %.4f, adv %s", stage, evaluation["clean_acc"], evaluation["adv_acc"])
+        log.info("%s: clean %.4f, adv %s", tag, evaluation["clean_acc"], evaluation["adv_acc"])
         return model, {**evaluation, **info}
 
     results = {}
     for name in ["targeted", *cfg.repair.baselines]:
         if name == "random" and cfg.repair.random_draws > 1:
             draws = [
-                repair_and_evaluate(name, f"repair_random_{d}", cfg.seed + d)[1]
+                repair_and_evaluate(name, f"random_{d}", cfg.seed + d)[1]
                 for d in range(cfg.repair.random_draws)
             ]
             results[name] = {**mean_results(draws), "draws": draws}
             continue
-        model, results[name] = repair_and_evaluate(name, f"repair_{name}", cfg.seed)
+        model, results[name] = repair_and_evaluate(name, name, cfg.seed)
         if name == "targeted":
             save_checkpoint(
                 out / "repaired.pt",
