@@ -38,4 +38,4 @@ clean-venv:
 # Capture benchmark; DATA_DIR must hold mnist/ (the 10,000-graph build reads full MNIST).
 DATA_DIR ?= data
 bench: $(STAMP)
-	$(BIN)/python -m ipg_gnn.bench capture --data-dir $(DATA_DIR)
+	$(BIN)/python -m ipg_gnn.tools.bench capture --data-dir $(DATA_DIR)

@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ipg_gnn.repair.job import run_repair
+from ipg_gnn.jobs.repair import run_repair
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="repair")

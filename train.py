@@ -5,7 +5,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from ipg_gnn.pipeline import format_attack_table, run_train
+from ipg_gnn.jobs.train import run_train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -13,7 +13,7 @@ def main(cfg: DictConfig) -> None:
     report = run_train(cfg)
     target = report["attack"]["target"]
     print(f"target: {target['origin']} ({target['checkpoint']})")
-    print(format_attack_table(report["attack"]))
+    print(report["objective"].format_population_report(report["attack"]))
     print()
     print((Path(cfg.paths.output_dir) / "detector_report.md").read_text())
     print(cfg.paths.output_dir)

@@ -34,10 +34,18 @@ def compose_config(name: str, tmp: Path, overrides: list[str] = ()) -> DictConfi
 @pytest.fixture(scope="session")
 def trained_default(tmp_path_factory):
     """The default MLP trained on mnist_subset's target_train split, via the real pipeline."""
-    from ipg_gnn.pipeline import load_data, obtain_target
+    from ipg_gnn.jobs.stages import load_data, make_objective, obtain_target
 
     tmp = tmp_path_factory.mktemp("default")
     cfg = compose_config("train", tmp, ["logger=none"])
     data, splits = load_data(cfg, tmp / "run")
-    model, origin = obtain_target(cfg, data, splits)
-    return {"cfg": cfg, "data": data, "splits": splits, "model": model, "origin": origin}
+    objective = make_objective(cfg)
+    model, origin = obtain_target(cfg, data, splits, objective)
+    return {
+        "cfg": cfg,
+        "data": data,
+        "splits": splits,
+        "model": model,
+        "origin": origin,
+        "objective": objective,
+    }

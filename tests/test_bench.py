@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ipg_gnn.bench import MODELS, main
+from ipg_gnn.tools.bench import MODELS, main
 
 
 def test_capture_benchmark_prints_one_json_object_last(capsys):

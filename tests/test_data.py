@@ -18,7 +18,6 @@ from ipg_gnn.data import (
     SplitSpec,
     cifar10,
     digits,
-    load_dataset,
     make_splits,
     mnist,
     mnist_subset,
@@ -143,11 +142,6 @@ def test_corrupt_cifar_pickle_is_refused(tmp_path):
 def test_missing_cifar_names_files(tmp_path):
     with pytest.raises(DatasetFileError, match="test_batch"):
         cifar10(tmp_path)
-
-
-def test_unknown_dataset_lists_known_ones():
-    with pytest.raises(ValueError, match="mnist_subset"):
-        load_dataset("imagenet")
 
 
 def test_embedded_datasets_are_real_and_scaled():

@@ -12,7 +12,6 @@ from art.attacks.evasion import FastGradientMethod
 from torch_geometric.explain import Explainer, GNNExplainer
 
 from ipg_gnn.attacks import Attack
-from ipg_gnn.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
 from ipg_gnn.detect import (
     CONVS,
     LID,
@@ -27,7 +26,9 @@ from ipg_gnn.detect import (
     tpr_at_fpr,
 )
 from ipg_gnn.graphs import IPGDataset, build_store, prepare_capture
+from ipg_gnn.objectives import AttackContrast
 from ipg_gnn.provenance import CaptureConfig
+from ipg_gnn.runs.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
 
 SIZES = {"ipg_train": 250, "ipg_val": 100, "test": 150}
 
@@ -39,16 +40,18 @@ def ipgs(trained_default, tmp_path_factory):
     model, root = d["model"], tmp_path_factory.mktemp("ipgs")
     calibration = d["splits"].images(d["data"], "ipg_train").x[::4]
     capturer, _ = prepare_capture(model, root, CaptureConfig(), calibration)
-    fgsm = Attack("fgsm", functools.partial(FastGradientMethod, eps=0.15), progress=False)
+    attack = Attack("fgsm", functools.partial(FastGradientMethod, eps=0.15), progress=False)
+    fgsm = AttackContrast("fgsm", attack, "test")
     out = {}
     for split, n in SIZES.items():
         every = len(d["splits"].indices[split]) // n
         images = d["splits"].images(d["data"], split).subset(range(0, every * n, every))
         index = d["splits"].indices[split][: every * n : every]
-        build_store(capturer, model, images, index, root / f"{split}-benign", split, progress=False)
-        build_store(
-            capturer, model, images, index, root / f"{split}-fgsm", split, fgsm, progress=False
-        )
+        for name, contrast in (("benign", None), ("fgsm", fgsm)):
+            directory = root / f"{split}-{name}"
+            build_store(
+                capturer, model, images, index, directory, split, name, contrast, progress=False
+            )
         out[split] = IPGDataset(root, [f"{split}-benign", f"{split}-fgsm"])
     return out
 
@@ -73,9 +76,9 @@ def test_each_gnn_learns_to_detect_fgsm(conv, ipgs, tmp_path):
     )
     assert 0.5 < info["best_val_auroc"] <= 1.0 and (tmp_path / "best.ckpt").is_file()
     scores = score_graphs(model, ipgs["test"])
-    result = evaluate_scores(scores, ipgs["test"].tensors, ipgs["test"].attacks)
+    result = evaluate_scores(scores, ipgs["test"].tensors, ipgs["test"].populations)
     # 500 training graphs and 8 epochs: well above chance (the full default run reaches 0.99).
-    assert result["all"]["auroc"] > 0.8 and result["per_attack"]["fgsm"]["n"] == 300
+    assert result["all"]["auroc"] > 0.8 and result["per_population"]["fgsm"]["n"] == 300
 
 
 @pytest.mark.parametrize("conv", CONVS)
@@ -129,17 +132,18 @@ def test_metrics_match_a_hand_computation():
     assert tpr_at_fpr(scores, labels, 0.05) == pytest.approx(0.5)
     assert detection_metrics(scores, torch.zeros(4)) is None
     meta = {
-        "is_adv": torch.tensor([0, 0, 1, 1, 1, 1]),
+        "is_contrast": torch.tensor([0, 0, 1, 1, 1, 1]),
         "success": torch.tensor([0, 0, 1, 0, 1, 1]),
-        "attack_id": torch.tensor([0, 0, 1, 1, 2, 2]),
+        "population_id": torch.tensor([0, 0, 1, 1, 2, 2]),
     }
     report = evaluate_scores(
-        torch.tensor([0.1, 0.2, 0.9, 0.15, 0.6, 0.05]), meta, ["none", "a", "b"]
+        torch.tensor([0.1, 0.2, 0.9, 0.15, 0.6, 0.05]), meta, ["benign", "a", "b"]
     )
     # Attack a: adversarial 0.9 and 0.15 against benign 0.1 and 0.2, 3 of 4 pairs ordered.
-    assert report["per_attack"]["a"]["auroc"] == pytest.approx(0.75)
-    assert report["per_attack"]["a"]["successful_only"]["auroc"] == pytest.approx(1.0)
-    assert report["per_attack"]["b"]["n"] == 4 and report["all"]["n_adv"] == 4
+    per = report["per_population"]
+    assert set(per) == {"a", "b"} and per["a"]["auroc"] == pytest.approx(0.75)
+    assert per["a"]["successful_only"]["auroc"] == pytest.approx(1.0)
+    assert per["b"]["n"] == 4 and report["all"]["n_contrast"] == 4
 
 
 def test_detector_refuses_bad_input(ipgs, tmp_path):
@@ -149,7 +153,7 @@ def test_detector_refuses_bad_input(ipgs, tmp_path):
     with pytest.raises(ValueError, match="whole number of IPGs"):
         model(graph.x[:-1], graph.edge_index, graph.edge_attr)
     benign_only = IPGDataset(ipgs["test"].root_dir, ["test-benign"])
-    with pytest.raises(ValueError, match="both benign and adversarial"):
+    with pytest.raises(ValueError, match="both reference and contrast graphs"):
         fit_detector(model, benign_only, ipgs["ipg_val"], _quiet_trainer(1), tmp_path)
     with pytest.raises(ValueError, match="unknown GNN layer"):
         IPGClassifier(num_nodes, conv="gcn")

@@ -10,7 +10,6 @@ from art.attacks.evasion import ProjectedGradientDescent
 from torch_geometric.loader import DataLoader
 
 from ipg_gnn.attacks import Attack
-from ipg_gnn.checkpoints import model_fingerprint
 from ipg_gnn.graphs import (
     GraphStore,
     IPGDataset,
@@ -19,7 +18,9 @@ from ipg_gnn.graphs import (
     build_store,
     prepare_capture,
 )
+from ipg_gnn.objectives import AttackContrast
 from ipg_gnn.provenance import CaptureConfig, IPGCapture
+from ipg_gnn.runs.keys import model_fingerprint
 from ipg_gnn.targets import MLP
 
 
@@ -41,13 +42,17 @@ def setup(trained_default):
         ),
         progress=False,
     )
-    return d["model"], images, index, pgd
+    return d["model"], images, index, AttackContrast("pgd", pgd, "test")
 
 
 def _build(root, model, images, index, attack, mode="static"):
     capturer, _ = prepare_capture(model, root, CaptureConfig(mode=mode, k=4), images.x[:30])
-    build_store(capturer, model, images, index, root / "s-benign", "s", None, 20, progress=False)
-    build_store(capturer, model, images, index, root / "s-pgd", "s", attack, 20, progress=False)
+    build_store(
+        capturer, model, images, index, root / "s-benign", "s", "benign", None, 20, progress=False
+    )
+    build_store(
+        capturer, model, images, index, root / "s-pgd", "s", "pgd", attack, 20, progress=False
+    )
     return IPGDataset(root, ["s-benign", "s-pgd"], fingerprint=model_fingerprint(model))
 
 
@@ -55,12 +60,12 @@ def test_built_dataset_loads_with_pyg_and_carries_metadata(setup, tmp_path):
     model, images, index, pgd = setup
     ds = _build(tmp_path, model, images, index, pgd)
     assert len(ds) == 100 and ds.labels.tolist() == [0] * 50 + [1] * 50
-    assert ds.attacks == ["none", "pgd"]
+    assert ds.populations == ["benign", "pgd"] and ds.contrasts == ["pgd"]
     g = ds[60]
     assert g.x.shape == (410, 4) and g.edge_attr.shape == (4 * (50 + 10), 2)
     assert int(g.source_index) == int(index[10]) and int(g.true_label) == int(images.y[10])
     t = ds.tensors
-    assert torch.equal(t["success"], t["is_adv"] & (t["pred"] != t["true_label"]))
+    assert torch.equal(t["success"], t["is_contrast"] & (t["pred"] != t["true_label"]))
     assert float(t["success"][50:].float().mean()) > 0.8  # PGD at eps 0.15 fools the MLP
     # Benign and adversarial graphs of one input differ, on the same topology.
     assert not torch.allclose(ds[10].x, ds[60].x)
@@ -94,7 +99,9 @@ def test_interrupted_build_resumes_without_duplicates_or_losses(setup, tmp_path,
 
     monkeypatch.setattr(IPGCapture, "__call__", dies_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
-        build_store(capturer, model, images, index, root / "s-pgd", "s", pgd, 20, progress=False)
+        build_store(
+            capturer, model, images, index, root / "s-pgd", "s", "pgd", pgd, 20, progress=False
+        )
     store = GraphStore(root / "s-pgd")
     assert sorted(p.name for p in store.directory.iterdir()) == ["manifest.json", "shard_00000.pt"]
     assert not store.complete()
@@ -102,8 +109,10 @@ def test_interrupted_build_resumes_without_duplicates_or_losses(setup, tmp_path,
         store.load()
     monkeypatch.setattr(IPGCapture, "__call__", original)
     capturer, _ = prepare_capture(model, root, CaptureConfig(k=4), images.x[:30])
-    build_store(capturer, model, images, index, root / "s-benign", "s", None, 20, progress=False)
-    build_store(capturer, model, images, index, root / "s-pgd", "s", pgd, 20, progress=False)
+    build_store(
+        capturer, model, images, index, root / "s-benign", "s", "benign", None, 20, progress=False
+    )
+    build_store(capturer, model, images, index, root / "s-pgd", "s", "pgd", pgd, 20, progress=False)
     resumed = IPGDataset(root, ["s-benign", "s-pgd"])
     assert resumed.tensors["source_index"].tolist() == reference.tensors["source_index"].tolist()
     for key in reference.tensors:
@@ -127,10 +136,11 @@ def test_other_model_and_other_settings_are_refused(setup, tmp_path):
             index[:10],
             tmp_path / "s-benign",
             "s",
+            "benign",
             None,
             shard_size=5,
             progress=False,
         )
     with pytest.raises(ValueError, match="empty"):
-        build_store(capturer, model, images.subset([]), index[:0], tmp_path / "e", "e", None)
+        build_store(capturer, model, images.subset([]), index[:0], tmp_path / "e", "e", "benign")
     assert Topology.load(tmp_path).node_table()[0] == ("net.1", 0)

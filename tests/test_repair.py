@@ -10,18 +10,18 @@ import torch
 from art.attacks.evasion import ProjectedGradientDescent
 
 from ipg_gnn.attacks import Attack, seed_attack_rng
-from ipg_gnn.checkpoints import load_checkpoint
 from ipg_gnn.explain import (
-    EXPLAINERS,
-    PlanError,
-    RepairPlan,
-    attribute,
+    GNNExplainer,
+    IntegratedGradients,
+    PGExplainer,
+    Saliency,
     flow_difference,
-    make_plan,
 )
+from ipg_gnn.objectives import AdversarialLoss, Robustness
+from ipg_gnn.plan import PlanError, RepairPlan, make_plan
 from ipg_gnn.provenance import build_plan
-from ipg_gnn.repair import all_masks, masked_finetune, plan_masks
-from ipg_gnn.repair.evaluate import ActivationPatch, evaluate_attacks
+from ipg_gnn.repair import LayerFinetune, PatchedModel, all_masks, masked_finetune, plan_masks
+from ipg_gnn.runs.checkpoints import load_checkpoint
 from ipg_gnn.targets import MLP
 from tests.conftest import compose_config
 from tests.test_detect import ipgs  # noqa: F401  (module fixture: real FGSM IPGs)
@@ -39,15 +39,27 @@ def detector(ipgs):  # noqa: F811
     return IPGClassifier(ipgs["test"].topology.num_nodes).eval()
 
 
-@pytest.mark.parametrize("algorithm", EXPLAINERS)
-def test_every_explainer_gives_contrasted_node_and_edge_importances(algorithm, ipgs, detector):  # noqa: F811
+EXPLAINERS = [
+    Saliency("fgsm", batch_size=8),
+    IntegratedGradients("fgsm", batch_size=8),
+    GNNExplainer("fgsm", batch_size=8, epochs=2),
+    PGExplainer("fgsm", batch_size=8, epochs=2),
+]
+
+
+def saliency(detector, dataset):
+    return Saliency("fgsm").attribute(detector, dataset, progress=False)
+
+
+@pytest.mark.parametrize("explainer", EXPLAINERS, ids=lambda e: e.name)
+def test_every_explainer_gives_contrasted_node_and_edge_importances(explainer, ipgs, detector):  # noqa: F811
     view = ipgs["test"][torch.cat([torch.arange(8), torch.arange(150, 158)])]
-    a = attribute(detector, view, algorithm, batch_size=8, epochs=2, progress=False)
+    a = explainer.attribute(detector, view, progress=False)
     topology = ipgs["test"].topology
     assert a.node.shape == (topology.num_nodes,)
     assert a.edge.shape == (topology.edge_index.shape[1],)
-    assert torch.isfinite(a.node).all() and float(a.edge_adv.abs().sum()) > 0
-    torch.testing.assert_close(a.node, a.node_adv - a.node_benign)
+    assert torch.isfinite(a.node).all() and float(a.edge_contrast.abs().sum()) > 0
+    torch.testing.assert_close(a.node, a.node_contrast - a.node_reference)
 
 
 def test_flow_difference_matches_a_hand_computation():
@@ -69,14 +81,14 @@ def test_flow_difference_matches_a_hand_computation():
         [first.sum(0), second.sum(0), (out[1] - out[0]).abs().mean(0)]  # outputs: |d logit|
     )
     torch.testing.assert_close(a.node, expected_nodes)
-    assert float(a.node_benign.abs().sum()) == 0.0  # the pairing is the contrast
+    assert float(a.node_reference.abs().sum()) == 0.0  # the pairing is the contrast
     with pytest.raises(ValueError, match="pair one to one"):
         flow_difference(model, x, x_adv[:3], progress=False)
 
 
 def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path):  # noqa: F811
     view = ipgs["test"][torch.cat([torch.arange(8), torch.arange(150, 158)])]
-    a = attribute(detector, view, "saliency", progress=False)
+    a = saliency(detector, view)
     topology = ipgs["test"].topology
     plan = make_plan(a, topology, "node", ["net.3"], k=4)
     scores = a.node[350:400]
@@ -101,7 +113,7 @@ def test_masked_repair_changes_only_planned_entries(level, trained_default, ipgs
     model = trained_default["model"]
     view = ipgs["test"][torch.cat([torch.arange(8), torch.arange(150, 158)])]
     plan = make_plan(
-        attribute(detector, view, "saliency", progress=False),
+        saliency(detector, view),
         ipgs["test"].topology,
         level,
         ["net.3"],
@@ -119,7 +131,7 @@ def test_masked_repair_changes_only_planned_entries(level, trained_default, ipgs
         masks,
         images.subset(range(0, 400, 4)),
         images.subset(range(1, 400, 4)),
-        Attack("pgd", PGD, progress=False),
+        AdversarialLoss(Attack("pgd", PGD, progress=False), {}, seed=0),
         epochs=1,
         batch_size=25,
         lr=1e-2,
@@ -144,7 +156,7 @@ def test_tolerance_stops_and_keeps_weights_within_it(trained_default, patience):
         all_masks(repaired),
         images.subset(range(0, 400, 2)),
         images.subset(range(1, 400, 4)),
-        Attack("pgd", PGD, progress=False),
+        AdversarialLoss(Attack("pgd", PGD, progress=False), {}, seed=0),
         epochs=3,
         batch_size=20,
         lr=0.2,
@@ -176,7 +188,7 @@ def test_tolerance_stops_and_keeps_weights_within_it(trained_default, patience):
 def test_activation_patch_fixes_units_and_leaves_the_model(trained_default):
     model = trained_default["model"]
     x = trained_default["data"].train.x[:5]
-    patched = ActivationPatch(model, {"net.3": ([2, 7], torch.tensor([0.5, -1.0]))})
+    patched = PatchedModel(model, {"net.3": ([2, 7], torch.tensor([0.5, -1.0]))})
     seen = {}
 
     def record(module, args, out):
@@ -187,10 +199,11 @@ def test_activation_patch_fixes_units_and_leaves_the_model(trained_default):
     assert torch.equal(seen["in"][:, 2], torch.full((5,), 0.5))
     assert torch.equal(seen["in"][:, 7], torch.full((5,), -1.0))
     assert torch.equal(model(x), trained_default["model"](x))
-    report, _ = evaluate_attacks(
+    report, _ = Robustness({}).evaluate(
         patched,
         trained_default["splits"].images(trained_default["data"], "test").subset(range(20)),
-        {},
+        batch_size=10,
+        seed=0,
     )
     assert 0 <= report["clean_acc"] <= 1
 
@@ -198,7 +211,7 @@ def test_activation_patch_fixes_units_and_leaves_the_model(trained_default):
 def tiny_train_run(tmp_path, *overrides: str) -> dict:
     """A train.py run on capped splits with one training batch, as the latest run of
     `tmp_path/logs` (where repair.py looks by default)."""
-    from ipg_gnn.pipeline import run_train
+    from ipg_gnn.jobs.train import run_train
 
     return run_train(
         compose_config(
@@ -217,7 +230,7 @@ def tiny_train_run(tmp_path, *overrides: str) -> dict:
 
 
 def test_repair_job_end_to_end(tmp_path):
-    from ipg_gnn.repair.job import run_repair
+    from ipg_gnn.jobs.repair import run_repair
 
     trained = tiny_train_run(tmp_path)
     cfg = compose_config(
@@ -226,14 +239,14 @@ def test_repair_job_end_to_end(tmp_path):
         [
             "attack=[fgsm,square]",
             "logger=csv",
-            "repair.val_attacks=[fgsm]",
+            "repair.val_evaluations=[fgsm]",
             "repair.layer=net.3",
             "repair.k=2",
             "repair.finetune.epochs=1",
             "repair.baselines=[random,activation_patch]",
-            "repair.random_draws=2",
+            "repair.methods.random.draws=2",
             "attack.square.art_attack.max_iter=20",
-            "repair.train_attack.art_attack.max_iter=3",
+            "objective.train_attack.art_attack.max_iter=3",
         ],
     )
     report = run_repair(cfg)
@@ -286,16 +299,18 @@ def test_repair_job_end_to_end(tmp_path):
     markdown = (run / "repair_report.md").read_text()
     assert "| targeted repair |" in markdown and "Validation part of the repair split" in markdown
     assert "| random (mean of 2 plans) |" in markdown
-    from ipg_gnn.repair.summary import main as summary
+    from ipg_gnn.tools.summary import main as summary
 
     text = summary([str(tmp_path)])
     assert "| net.3 | node | 2 |" in text and (tmp_path / "summary.json").is_file()
     assert (tmp_path / "summary.png").stat().st_size > 10_000
-    bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_attacks=[pgd]"])
-    with pytest.raises(ValueError, match="not among the evaluation attacks"):
+    bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_evaluations=[pgd]"])
+    with pytest.raises(ValueError, match="not among the objective's evaluations"):
         run_repair(bad)
-    with pytest.raises(ValueError, match="random_draws must be >= 1"):
-        run_repair(compose_config("repair", tmp_path, ["repair.random_draws=0"]))
+    with pytest.raises(ValueError, match="draws must be >= 1"):
+        run_repair(compose_config("repair", tmp_path, ["repair.methods.random.draws=0"]))
+    with pytest.raises(ValueError, match=r"unknown repair methods \['nope'\]"):
+        run_repair(compose_config("repair", tmp_path, ["repair.baselines=[nope]"]))
     bad = compose_config("repair", tmp_path, ["repair.layer=net.2"])
     with pytest.raises(PlanError, match="valid layers: net.1, net.3, net.5"):
         run_repair(bad)
@@ -305,7 +320,7 @@ def test_repair_job_end_to_end(tmp_path):
 
 
 def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_capture(tmp_path):
-    from ipg_gnn.repair.job import run_repair
+    from ipg_gnn.jobs.repair import run_repair
 
     tiny_train_run(tmp_path)
     (tmp_path / "logs/train/r1/detector.pt").unlink()  # the flow needs no detector
@@ -317,16 +332,16 @@ def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_captur
                 "explainer=flow_difference",
                 "attack=[fgsm]",
                 "logger=none",
-                "repair.val_attacks=[fgsm]",
+                "repair.val_evaluations=[fgsm]",
                 "repair.layer=net.1",
                 "repair.level=edge",
                 "repair.k=20",
                 "repair.finetune.epochs=1",
                 # Every fine-tuning method hands its repaired units to the consistency term
                 # (masked_finetune refuses the term without them).
-                "repair.finetune.consistency_weight=1.0",
+                "objective.loss.consistency_weight=1.0",
                 "repair.baselines=[random,last_layer]",
-                "repair.train_attack.art_attack.max_iter=3",
+                "objective.train_attack.art_attack.max_iter=3",
             ],
         )
     )
@@ -358,6 +373,7 @@ def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):
     attack = Attack("pgd", PGD, progress=False)
 
     def gap(consistency_weight: float) -> float:
+        loss = AdversarialLoss(attack, units, seed=0, consistency_weight=consistency_weight)
         repaired = MLP((1, 28, 28), 10)
         repaired.load_state_dict(model.state_dict())
         masked_finetune(
@@ -365,12 +381,10 @@ def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):
             masks,
             train,
             val,
-            attack,
+            loss,
             epochs=2,
             batch_size=25,
             lr=1e-2,
-            consistency_weight=consistency_weight,
-            consistency_units=units,
             tolerance=1.0,
             progress=False,
         )
@@ -384,12 +398,12 @@ def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):
 
     assert gap(50.0) < gap(0.0)
     with pytest.raises(ValueError, match="needs the repaired units"):
-        masked_finetune(MLP((1, 28, 28), 10), masks, train, val, attack, consistency_weight=1.0)
+        AdversarialLoss(attack, {}, seed=0, consistency_weight=1.0)
 
 
 @pytest.mark.parametrize("target", ["cnn", "resnet"])
 def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
-    from ipg_gnn.repair.job import run_repair
+    from ipg_gnn.jobs.repair import run_repair
 
     trained = tiny_train_run(tmp_path, f"target={target}", "detector.transfer=false")
     assert 0.0 <= trained["detection"]["test"]["auroc"] <= 1.0
@@ -400,12 +414,12 @@ def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
             [
                 "attack=[fgsm]",
                 "logger=none",
-                "repair.val_attacks=[fgsm]",
+                "repair.val_evaluations=[fgsm]",
                 "repair.finetune.epochs=1",
                 "repair.k=2",
                 "repair.level=edge",
                 "repair.baselines=[activation_patch]",
-                "repair.train_attack.art_attack.max_iter=3",
+                "objective.train_attack.art_attack.max_iter=3",
             ],
         )
     )
@@ -416,24 +430,20 @@ def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
     assert report["after"]["params_allowed"] > 0
 
 
-def test_finetune_overrides_apply_per_method_and_reject_unknown_keys():
-    from omegaconf import OmegaConf
+def test_method_overrides_apply_to_that_method_and_reject_unknown_keys():
+    method = LayerFinetune(finetune={"lr": 1e-3}, loss={"consistency_weight": 0.0})
 
-    from ipg_gnn.repair.job import finetune_settings
+    class Context:
+        finetune = {"lr": 0.01, "epochs": 6}
 
-    repair = OmegaConf.create(
-        {
-            "finetune": {"lr": 0.01, "epochs": 6},
-            "finetune_overrides": {"full_finetune": {"lr": 1e-3}},
-        }
-    )
-    assert finetune_settings(repair, "full_finetune") == {"lr": 1e-3, "epochs": 6}
-    assert finetune_settings(repair, "targeted") == {"lr": 0.01, "epochs": 6}
-    repair.finetune_overrides.random = {"learning_rate": 1.0}
+    assert method.schedule(Context()) == {"lr": 1e-3, "epochs": 6}
+    method.check("full_finetune", ["lr", "epochs"], ["consistency_weight"])
     with pytest.raises(
-        ValueError, match=r"unknown settings \['learning_rate'\]; known: lr, epochs"
+        ValueError, match=r"full_finetune.finetune sets unknown settings \['lr'\]; known: epochs"
     ):
-        finetune_settings(repair, "random")
+        method.check("full_finetune", ["epochs"], ["consistency_weight"])
+    with pytest.raises(ValueError, match=r"random.loss sets unknown settings"):
+        LayerFinetune(loss={"learning_rate": 1.0}).check("random", ["lr"], ["clean_weight"])
 
 
 def test_mean_results_averages_shared_numbers_and_drops_traces():

@@ -6,8 +6,10 @@ import pytest
 import torch
 import torch.fx
 
-from ipg_gnn import pipeline
-from ipg_gnn.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from ipg_gnn.jobs import stages
+from ipg_gnn.runs.checkpoints import CheckpointMismatchError, load_checkpoint, save_checkpoint
+from ipg_gnn.runs.keys import target_cache_key
+from ipg_gnn.runs.train_run import target_arch
 from ipg_gnn.targets import MLP, SmallCNN, SmallResNet, accuracy
 
 
@@ -51,8 +53,8 @@ def test_cached_checkpoint_is_reused_without_training(trained_default, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("the target was trained a second time")
 
-    monkeypatch.setattr(pipeline, "train_target", no_training)
-    model, origin = pipeline.obtain_target(d["cfg"], d["data"], d["splits"])
+    monkeypatch.setattr(stages, "train_target", no_training)
+    model, origin = stages.obtain_target(d["cfg"], d["data"], d["splits"], d["objective"])
     assert origin == {**d["origin"], "origin": "cache"}
     for a, b in zip(model.state_dict().values(), d["model"].state_dict().values(), strict=True):
         assert torch.equal(a, b)
@@ -60,13 +62,13 @@ def test_cached_checkpoint_is_reused_without_training(trained_default, monkeypat
 
 def test_changed_training_config_changes_cache_key(trained_default):
     cfg = trained_default["cfg"].copy()
-    arch = pipeline.target_arch(cfg, trained_default["data"])
-    key = pipeline.target_cache_key(cfg, arch)
+    arch = target_arch(cfg, trained_default["data"])
+    key = target_cache_key(cfg, arch)
     cfg.target.train.epochs = 1
-    assert pipeline.target_cache_key(cfg, arch) != key
+    assert target_cache_key(cfg, arch) != key
     cfg = trained_default["cfg"].copy()
     cfg.trainer.enable_progress_bar = True
-    assert pipeline.target_cache_key(cfg, arch) == key
+    assert target_cache_key(cfg, arch) == key
 
 
 def test_checkpoint_of_other_architecture_is_refused(tmp_path):

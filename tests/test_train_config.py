@@ -11,16 +11,13 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from ipg_gnn.attacks import ATTACKS, Attack
-from ipg_gnn.checkpoints import load_checkpoint, model_fingerprint
+from ipg_gnn.attacks import Attack
 from ipg_gnn.graphs import IPGDataset
-from ipg_gnn.pipeline import (
-    format_attack_table,
-    load_data,
-    make_attacks,
-    run_train,
-    target_arch,
-)
+from ipg_gnn.jobs.stages import load_data, make_objective
+from ipg_gnn.jobs.train import run_train
+from ipg_gnn.runs.checkpoints import load_checkpoint
+from ipg_gnn.runs.keys import model_fingerprint
+from ipg_gnn.runs.train_run import target_arch
 from tests.conftest import ROOT, compose_config
 
 # A small train.py job: capped splits, two attacks, one training batch per Lightning fit.
@@ -38,16 +35,16 @@ def test_train_job_end_to_end_with_offline_wandb(tmp_path):
     attack = json.loads((run / "attack_report.json").read_text())
     assert attack == report["attack"] and set(attack["adv_acc"]) == {"fgsm", "pgd"}
     assert attack["n"] == 40 and attack["target"]["origin"] == "trained"
-    assert "clean" in format_attack_table(attack)
+    assert "clean" in report["objective"].format_population_report(attack)
     ipgs = json.loads((run / "ipg_datasets.json").read_text())
     assert ipgs == report["ipg"] and set(ipgs["stores"]["test"]) == {"benign", "fgsm", "pgd"}
     target = load_checkpoint(run / "target.pt", target_arch(cfg, load_data(cfg, run)[0]))
     test = IPGDataset(
         ipgs["root"], list(ipgs["stores"]["test"].values()), fingerprint=model_fingerprint(target)
     )
-    assert len(test) == 3 * 40 and test.attacks == ["none", "fgsm", "pgd"]
+    assert len(test) == 3 * 40 and test.populations == ["benign", "fgsm", "pgd"]
     # Adversarial accuracy in the report is read back from the graphs' own metadata.
-    adv = test.tensors["is_adv"] & (test.tensors["attack_id"] == 1)
+    adv = test.tensors["is_contrast"] & (test.tensors["population_id"] == 1)
     expected = float((test.tensors["pred"][adv] == test.tensors["true_label"][adv]).float().mean())
     assert attack["adv_acc"]["fgsm"] == pytest.approx(expected)
     det = json.loads((run / "detector_report.json").read_text())
@@ -114,8 +111,9 @@ def test_two_job_multirun_with_the_submitit_local_launcher(tmp_path):
 
 def test_every_attack_config_instantiates():
     cfg = compose_config("train", ROOT, ["attack=all"])
-    attacks = make_attacks(cfg)
-    assert sorted(attacks) == sorted(ATTACKS)
+    attacks = make_objective(cfg).attacks
+    names = {p.stem for p in (ROOT / "conf" / "attack").glob("*.yaml")}
+    assert sorted(attacks) == sorted(names - {"all", "default", "eval"})
     assert all(isinstance(a, Attack) and a.name == n for n, a in attacks.items())
     assert attacks["pgd"].eps == cfg.dataset.eps == 0.15 and attacks["cw"].eps is None
 
@@ -138,7 +136,6 @@ def test_unknown_dataset_config_is_a_clear_error(tmp_path):
 
 def test_missing_data_files_error_from_config(tmp_path):
     from ipg_gnn.data import DatasetFileError
-    from ipg_gnn.pipeline import load_data
 
     cfg = compose_config("train", tmp_path, ["dataset=mnist", f"paths.data_dir={tmp_path}"])
     with pytest.raises(DatasetFileError, match="train-images-idx3-ubyte.gz"):
@@ -147,8 +144,8 @@ def test_missing_data_files_error_from_config(tmp_path):
 
 
 def test_repair_without_train_run_is_a_clear_error(tmp_path):
-    from ipg_gnn.pipeline import load_train_run
-    from ipg_gnn.repair.job import run_repair
+    from ipg_gnn.jobs.repair import run_repair
+    from ipg_gnn.runs.train_run import load_train_run
 
     with pytest.raises(FileNotFoundError, match="run `python train.py` first"):
         run_repair(compose_config("repair", tmp_path))

@@ -1,5 +1,5 @@
 """Input-space attacks on the target model: ART evasion attacks behind one small interface."""
 
-from ipg_gnn.attacks.evasion import ATTACKS, Attack, AttackResult, art_classifier, seed_attack_rng
+from ipg_gnn.attacks.evasion import Attack, AttackResult, art_classifier, seed_attack_rng
 
-__all__ = ["ATTACKS", "Attack", "AttackResult", "art_classifier", "seed_attack_rng"]
+__all__ = ["Attack", "AttackResult", "art_classifier", "seed_attack_rng"]

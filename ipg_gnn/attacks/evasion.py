@@ -16,8 +16,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-ATTACKS = ("fgsm", "pgd", "pgd_l2", "apgd_ce", "apgd_dlr", "square", "cw")
-
 
 @dataclass(frozen=True)
 class AttackResult:

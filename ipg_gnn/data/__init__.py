@@ -2,20 +2,17 @@
 
 from ipg_gnn.data.formats import DatasetFileError, read_cifar_batch, read_idx
 from ipg_gnn.data.sources import (
-    DATASETS,
     ImageDataset,
     Images,
     cifar10,
     digits,
     fashion_mnist,
-    load_dataset,
     mnist,
     mnist_subset,
 )
 from ipg_gnn.data.splits import SPLITS, Splits, SplitSpec, make_splits
 
 __all__ = [
-    "DATASETS",
     "SPLITS",
     "DatasetFileError",
     "ImageDataset",
@@ -25,7 +22,6 @@ __all__ = [
     "cifar10",
     "digits",
     "fashion_mnist",
-    "load_dataset",
     "make_splits",
     "mnist",
     "mnist_subset",

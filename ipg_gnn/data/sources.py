@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import shutil
 import tarfile
-import tempfile
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +19,7 @@ import numpy as np
 import torch
 
 from ipg_gnn.data.formats import DatasetFileError, read_cifar_batch, read_idx
+from ipg_gnn.runs.io import atomic_write
 
 
 @dataclass(frozen=True)
@@ -127,14 +125,8 @@ def _missing_error(name: str, folder: Path, missing: list[str], hint: str) -> Da
 def _download(url: str, dest: Path, timeout: float = 60.0) -> None:
     """Fetch `url` into `dest` atomically (a temporary file renamed into place)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        atomic_write(dest, lambda out: shutil.copyfileobj(resp, out))
 
 
 def _md5_decompressed(path: Path) -> str:
@@ -248,19 +240,3 @@ def cifar10(
         _images(x_test, y_test, shape, 255.0),
         10,
     )
-
-
-DATASETS: dict[str, Callable[..., ImageDataset]] = {
-    "mnist_subset": mnist_subset,
-    "digits": digits,
-    "mnist": mnist,
-    "fashion_mnist": fashion_mnist,
-    "cifar10": cifar10,
-}
-
-
-def load_dataset(name: str, **kwargs) -> ImageDataset:
-    """Load a dataset by name; `kwargs` go to its source (e.g. `data_dir`, `download`)."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](**kwargs)

@@ -1,4 +1,5 @@
-"""Detecting adversarial inputs from their IPGs: GNN classifiers and activation baselines."""
+"""Telling a contrast population's IPGs (e.g. adversarial) from the reference population's:
+GNN classifiers and activation baselines."""
 
 from ipg_gnn.detect.baselines import LID, Activations, FeatureDetector, FlatActivations, Mahalanobis
 from ipg_gnn.detect.metrics import detection_metrics, evaluate_scores, tpr_at_fpr

@@ -32,7 +32,7 @@ class Activations:
     """Per-layer unit activations of a set of graphs, with their labels."""
 
     layers: list[np.ndarray]  # one (graphs, units) array per IPG layer
-    is_adv: np.ndarray
+    is_contrast: np.ndarray
     true_label: np.ndarray
 
     @classmethod
@@ -43,11 +43,13 @@ class Activations:
             x[:, layer["offset"] : layer["offset"] + layer["num_units"]]
             for layer in dataset.topology.layers
         ]
-        return cls(layers, meta["is_adv"].long().numpy(), meta["true_label"].numpy())
+        return cls(layers, meta["is_contrast"].long().numpy(), meta["true_label"].numpy())
 
-    def benign(self) -> Activations:
-        keep = self.is_adv == 0
-        return Activations([a[keep] for a in self.layers], self.is_adv[keep], self.true_label[keep])
+    def reference(self) -> Activations:
+        keep = self.is_contrast == 0
+        return Activations(
+            [a[keep] for a in self.layers], self.is_contrast[keep], self.true_label[keep]
+        )
 
 
 class FeatureDetector:
@@ -63,8 +65,8 @@ class FeatureDetector:
         raise NotImplementedError
 
     def fit(self, train: Activations) -> FeatureDetector:
-        self.fit_features(train.benign())
-        self.classifier.fit(self.features(train, training=True), train.is_adv)
+        self.fit_features(train.reference())
+        self.classifier.fit(self.features(train, training=True), train.is_contrast)
         return self
 
     def score(self, acts: Activations) -> np.ndarray:
@@ -109,7 +111,7 @@ class LID(FeatureDetector):
 
     def fit_features(self, benign: Activations) -> None:
         rng = np.random.default_rng(self.seed)
-        n = len(benign.is_adv)
+        n = len(benign.is_contrast)
         self.reference_index = rng.permutation(n)[: min(self.reference_size, n)]
         self.neighbours = [
             NearestNeighbors(n_neighbors=self.k + 1).fit(a[self.reference_index])

@@ -1,4 +1,5 @@
-"""Detection metrics (torchmetrics), overall, per attack, and on successful attacks only."""
+"""Detection metrics (torchmetrics), overall, per contrast population, and on the graphs whose
+contrast succeeded only."""
 
 from __future__ import annotations
 
@@ -20,37 +21,37 @@ def detection_metrics(
 ) -> dict[str, float | int] | None:
     """AUROC, accuracy at `threshold`, TPR at 5% FPR and counts; None without both classes."""
     labels = labels.long()
-    n_adv = int(labels.sum())
-    if n_adv == 0 or n_adv == len(labels):
+    n_contrast = int(labels.sum())
+    if n_contrast == 0 or n_contrast == len(labels):
         return None
     return {
         "auroc": float(binary_auroc(scores, labels)),
         "accuracy": float(binary_accuracy(scores, labels, threshold=threshold)),
         "tpr_at_5fpr": tpr_at_fpr(scores, labels),
         "n": len(labels),
-        "n_adv": n_adv,
+        "n_contrast": n_contrast,
     }
 
 
 def evaluate_scores(
-    scores: torch.Tensor, meta: Mapping[str, torch.Tensor], attacks: Sequence[str]
+    scores: torch.Tensor, meta: Mapping[str, torch.Tensor], populations: Sequence[str]
 ) -> dict:
-    """Metrics of detector `scores` on graphs described by `meta` (`is_adv`, `success`,
-    `attack_id` as in `IPGDataset.meta`): overall and per attack, each on all adversarial
-    graphs and on those whose attack succeeded (benign graphs always included)."""
-    adv, success, attack_id = meta["is_adv"].bool(), meta["success"].bool(), meta["attack_id"]
-    benign = ~adv
+    """Metrics of detector `scores` on graphs described by `meta` (`is_contrast`, `success`,
+    `population_id` as in `IPGDataset.meta`): overall and per contrast population, each on all
+    its graphs and on those whose contrast succeeded (reference graphs always included)."""
+    contrast, success = meta["is_contrast"].bool(), meta["success"].bool()
+    population = meta["population_id"]
+    reference = ~contrast
 
     def block(mask: torch.Tensor) -> dict | None:
-        result = detection_metrics(scores[mask], adv[mask])
+        result = detection_metrics(scores[mask], contrast[mask])
         if result is not None:
-            result["successful_only"] = detection_metrics(
-                scores[mask & (benign | success)], adv[mask & (benign | success)]
-            )
+            kept = mask & (reference | success)
+            result["successful_only"] = detection_metrics(scores[kept], contrast[kept])
         return result
 
-    report = {"all": block(torch.ones_like(adv)), "per_attack": {}}
-    for i, name in enumerate(attacks):
-        if name != "none":
-            report["per_attack"][name] = block(benign | (attack_id == i))
+    report = {"all": block(torch.ones_like(contrast)), "per_population": {}}
+    for i, name in enumerate(populations):
+        if contrast[population == i].any():
+            report["per_population"][name] = block(reference | (population == i))
     return report

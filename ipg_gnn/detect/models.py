@@ -38,7 +38,7 @@ def _edge_transform(edge_attr: torch.Tensor) -> torch.Tensor:
 
 
 class IPGClassifier(nn.Module):
-    """Benign (0) vs adversarial (1) IPG classifier; returns one logit per graph.
+    """Reference (0) vs contrast (1) IPG classifier; returns one logit per graph.
 
     `conv`: `graphconv` (GraphConv weighted by the edge contribution), `gine` (GINEConv with both
     edge attributes) or `gatv2` (GATv2Conv attending over both edge attributes)."""

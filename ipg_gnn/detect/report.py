@@ -17,21 +17,21 @@ from torchmetrics.functional.classification import binary_roc  # noqa: E402
 def plot_roc_curves(
     scores: Mapping[str, torch.Tensor],
     meta: Mapping[str, torch.Tensor],
-    attacks: list[str],
+    populations: list[str],
+    contrasts: list[str],
     path: str | Path,
 ) -> Path:
-    """One panel per attack (its adversarial graphs vs all benign ones), one curve per
+    """One panel per contrast population (its graphs vs all reference ones), one curve per
     detector in `scores`."""
-    names = [a for a in attacks if a != "none"]
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 4), squeeze=False)
-    adv = meta["is_adv"].bool()
-    for ax, attack in zip(axes[0], names, strict=True):
-        mask = ~adv | (meta["attack_id"] == attacks.index(attack))
+    fig, axes = plt.subplots(1, len(contrasts), figsize=(4 * len(contrasts), 4), squeeze=False)
+    contrast = meta["is_contrast"].bool()
+    for ax, name in zip(axes[0], contrasts, strict=True):
+        mask = ~contrast | (meta["population_id"] == populations.index(name))
         for detector, s in scores.items():
-            fpr, tpr, _ = binary_roc(s[mask], adv[mask].long())
+            fpr, tpr, _ = binary_roc(s[mask], contrast[mask].long())
             ax.plot(fpr.numpy(), tpr.numpy(), label=detector)
         ax.plot([0, 1], [0, 1], color="grey", lw=0.5, ls="--")
-        ax.set(title=attack, xlabel="false positive rate", ylabel="true positive rate")
+        ax.set(title=name, xlabel="false positive rate", ylabel="true positive rate")
         ax.set_xscale("symlog", linthresh=0.01)
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle("ROC on the test split's IPGs")
@@ -42,7 +42,7 @@ def plot_roc_curves(
 
 
 def plot_transfer(matrix: Mapping[str, Mapping[str, float]], path: str | Path) -> Path:
-    """Heatmap of AUROC: rows = attack trained on, columns = attack tested on."""
+    """Heatmap of AUROC: rows = population trained on, columns = population tested on."""
     rows = list(matrix)
     cols = list(next(iter(matrix.values())))
     values = np.array([[matrix[r][c] for c in cols] for r in rows])
@@ -73,33 +73,35 @@ def _cell(result: Mapping | None, key: str) -> str:
     return "n/a" if result is None else f"{result[key]:.4f}"
 
 
-def markdown_report(report: Mapping) -> str:
-    """A short markdown summary of `detector_report.json`."""
-    attacks = list(report["per_attack"])
+def markdown_report(report: Mapping, noun: str) -> str:
+    """A short markdown summary of `detector_report.json`, whose contrast populations are
+    called `noun`s (per-population results under `per_<noun>`)."""
+    per = f"per_{noun}"
+    names = list(report[per])
     lines = [
         "# Detector report",
         "",
         f"Detector `{report['detector']['gnn']}`; graphs per split: {report['n_graphs']}.",
-        "Test split only; AUROC per attack (benign graphs vs that attack's adversarial "
-        "graphs), in brackets on successful attacks only.",
+        f"Test split only; AUROC per {noun} (reference graphs vs that {noun}'s "
+        f"graphs), in brackets on successful {noun}s only.",
         "",
-        "| detector | all | " + " | ".join(attacks) + " |",
-        "|---|---|" + "---|" * len(attacks),
+        "| detector | all | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
     ]
     rows = {"GNN": report, **report["baselines"]}
     for name, r in rows.items():
         all_ = r["test"] if name == "GNN" else r
         cells = [
-            f"{_cell(r['per_attack'][a], 'auroc')} "
-            f"({_cell((r['per_attack'][a] or {}).get('successful_only'), 'auroc')})"
-            for a in attacks
+            f"{_cell(r[per][a], 'auroc')} "
+            f"({_cell((r[per][a] or {}).get('successful_only'), 'auroc')})"
+            for a in names
         ]
         lines.append(f"| {name} | {_cell(all_, 'auroc')} | " + " | ".join(cells) + " |")
     t = report["test"]
     lines += [
         "",
         f"GNN on all test graphs: accuracy {t['accuracy']:.4f}, TPR at 5% FPR "
-        f"{t['tpr_at_5fpr']:.4f}, n = {t['n']} ({t['n_adv']} adversarial).",
+        f"{t['tpr_at_5fpr']:.4f}, n = {t['n']} ({t['n_contrast']} of contrast populations).",
     ]
     if report.get("transfer"):
         cols = list(next(iter(report["transfer"].values())))

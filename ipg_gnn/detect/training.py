@@ -20,7 +20,7 @@ MONITOR = "detector/val_auroc"
 
 
 class DetectorModule(L.LightningModule):
-    """Binary cross-entropy on graph logits, `pos_weight` balancing benign vs adversarial."""
+    """Binary cross-entropy on graph logits, `pos_weight` balancing the two populations."""
 
     def __init__(
         self,
@@ -91,8 +91,8 @@ def fit_detector(
         labels = ds.labels
         if len(labels) == 0 or labels.min() == labels.max():
             raise ValueError(
-                f"the {name} IPGs need both benign and adversarial graphs; got "
-                f"{int(labels.sum())} adversarial of {len(labels)}"
+                f"the {name} IPGs need both reference and contrast graphs; got "
+                f"{int(labels.sum())} contrast of {len(labels)}"
             )
     labels = train.labels
     pos_weight = float((labels == 0).sum()) / float(labels.sum())
@@ -123,7 +123,7 @@ def fit_detector(
 
 @torch.no_grad()
 def score_graphs(model: nn.Module, dataset: IPGDataset, batch_size: int = 256) -> torch.Tensor:
-    """P(adversarial) of every graph of `dataset`, in dataset order."""
+    """P(contrast population) of every graph of `dataset`, in dataset order."""
     model.eval()
     device = next(model.parameters()).device
     scores = [

@@ -1,19 +1,25 @@
-"""Attribution (over the GNN detector, or from dense IPG flow differences) and repair plans."""
+"""Attribution: which IPG units and edges make a contrast population flow differently, over
+the GNN detector (PyG explainers) or from the model's dense IPGs (flow difference)."""
 
-from ipg_gnn.explain.attribution import EXPLAINERS, Attribution, attribute, make_explainer
-from ipg_gnn.explain.flow import FLOW_EXPLAINER, flow_difference
-from ipg_gnn.explain.plan import LEVELS, PlanError, RepairPlan, make_plan, rank_layers
+from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor
+from ipg_gnn.explain.detector import (
+    DetectorAttributor,
+    GNNExplainer,
+    IntegratedGradients,
+    PGExplainer,
+    Saliency,
+)
+from ipg_gnn.explain.flow import FlowDifference, flow_difference
 
 __all__ = [
-    "EXPLAINERS",
-    "FLOW_EXPLAINER",
-    "LEVELS",
     "Attribution",
-    "PlanError",
-    "RepairPlan",
-    "attribute",
+    "AttributionSource",
+    "Attributor",
+    "DetectorAttributor",
+    "FlowDifference",
+    "GNNExplainer",
+    "IntegratedGradients",
+    "PGExplainer",
+    "Saliency",
     "flow_difference",
-    "make_explainer",
-    "make_plan",
-    "rank_layers",
 ]

@@ -1,8 +1,9 @@
-"""Building IPG datasets: benign and adversarial graphs of every input of a split.
+"""Building IPG datasets: the graphs of every input of a split, as it is (the reference
+population) or as one of an objective's contrast populations makes it.
 
-Adversarial graphs are captured from the very inputs whose benign graphs sit in the same split,
-so benign and adversarial versions of an input never cross splits. Each shard seeds the attack
-from (seed, shard index), so a resumed build writes exactly what an uninterrupted one would.
+Contrast graphs are captured from the very inputs whose reference graphs sit in the same split,
+so both versions of an input never cross splits. Each shard seeds the contrast from (seed, shard
+index), so a resumed build writes exactly what an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ipg_gnn.attacks import Attack, seed_attack_rng
-from ipg_gnn.checkpoints import model_fingerprint
 from ipg_gnn.data import Images
 from ipg_gnn.graphs.store import GraphStore, Topology
+from ipg_gnn.objectives import Contrast
 from ipg_gnn.provenance import CaptureConfig, IPGCapture
+from ipg_gnn.runs.keys import model_fingerprint
 from ipg_gnn.targets import predict
 
 
@@ -49,34 +50,35 @@ def build_store(
     source_index: np.ndarray,
     directory: str | Path,
     split: str,
-    attack: Attack | None = None,
+    population: str,
+    contrast: Contrast | None = None,
     shard_size: int = 500,
     seed: int = 0,
     progress: bool = True,
 ) -> GraphStore:
-    """Capture (or resume capturing) the graphs of `images`: benign when `attack` is None, else
-    of their adversarial versions crafted against `model`."""
+    """Capture (or resume capturing) the graphs of `images` as they are (`contrast` None: the
+    reference population), or of the versions `contrast` makes of them against `model`;
+    `population` names them in the store."""
     if len(images) == 0:
         raise ValueError(f"split {split!r} is empty: no IPGs to build")
     dynamic = capturer.config.mode == "dynamic"
     meta = {
         "split": split,
-        "kind": "adversarial" if attack else "benign",
-        "attack": attack.name if attack else "none",
-        "eps": attack.eps if attack else 0.0,
+        "population": population,
+        "contrast": contrast is not None,
+        "settings": contrast.key if contrast else None,
         "fingerprint": model_fingerprint(model),
         "seed": seed,
     }
 
     def make_shard(i: int, items: slice) -> dict[str, torch.Tensor]:
         x, y = images.x[items], images.y[items]
-        if attack is None:
+        if contrast is None:
             inputs, pred = x, predict(model, x)
             success = torch.zeros(len(x), dtype=torch.bool)
         else:
-            seed_attack_rng(seed + i)
-            result = attack(model, x, y)
-            inputs, pred, success = result.x_adv, result.pred, result.success
+            result = contrast(model, x, y, seed + i)
+            inputs, pred, success = result.x, result.pred, result.success
         ipg = capturer(inputs)
         shard = {
             "x": ipg.x,
@@ -85,13 +87,13 @@ def build_store(
             "true_label": y,
             "pred": pred,
             "success": success,
-            "is_adv": torch.full((len(x),), attack is not None),
+            "is_contrast": torch.full((len(x),), contrast is not None),
         }
         if dynamic:
             shard |= {"edge_index": ipg.edge_index, "weight": ipg.weight}
         return shard
 
-    desc = f"IPGs {split}/{meta['attack'] if attack else 'benign'}"
+    desc = f"IPGs {split}/{population}"
     return GraphStore(Path(directory)).build(
         meta, len(images), shard_size, make_shard, progress, desc
     )

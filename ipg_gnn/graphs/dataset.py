@@ -12,12 +12,13 @@ from ipg_gnn.graphs.store import GraphStore, Topology
 
 
 class IPGDataset(Dataset):
-    """Graphs of the given stores (e.g. `test-benign` and `test-pgd`), labelled `y = 1` for
-    adversarial inputs. Pass `fingerprint` to refuse graphs captured from another model.
+    """Graphs of the given stores (e.g. `test-benign` and `test-pgd`), labelled `y = 1` for a
+    contrast population's graphs, `y = 0` for the reference population's. Pass `fingerprint`
+    to refuse graphs captured from another model.
 
     Each `Data` carries `x`, `edge_index`, `edge_attr` (contribution, weight), `y`, and the
-    metadata `source_index`, `true_label`, `pred`, `success` and `attack_id` (an index into
-    `self.attacks`)."""
+    metadata `source_index`, `true_label`, `pred`, `success` and `population_id` (an index into
+    `self.populations`)."""
 
     def __init__(
         self,
@@ -33,7 +34,7 @@ class IPGDataset(Dataset):
             self.topology.check_model(fingerprint, self.root_dir)
         if not stores:
             raise ValueError("an IPG dataset needs at least one store")
-        parts, self.attacks, attack_ids = [], [], []
+        parts, self.populations, population_ids = [], [], []
         for name in stores:
             store = GraphStore(self.root_dir / name)
             manifest = store.manifest()
@@ -43,12 +44,13 @@ class IPGDataset(Dataset):
                     f"topology in {self.root_dir}"
                 )
             part = store.load()
-            if manifest["attack"] not in self.attacks:
-                self.attacks.append(manifest["attack"])
-            attack_ids.append(torch.full((len(part["x"]),), self.attacks.index(manifest["attack"])))
+            name = manifest["population"]
+            if name not in self.populations:
+                self.populations.append(name)
+            population_ids.append(torch.full((len(part["x"]),), self.populations.index(name)))
             parts.append(part)
         self.tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-        self.tensors["attack_id"] = torch.cat(attack_ids)
+        self.tensors["population_id"] = torch.cat(population_ids)
         self.dynamic = "edge_index" in self.tensors
 
     def len(self) -> int:
@@ -62,13 +64,13 @@ class IPGDataset(Dataset):
             x=t["x"][idx],
             edge_index=edge_index,
             edge_attr=torch.stack([t["contribution"][idx], weight], dim=1),
-            y=t["is_adv"][idx].long().view(1),
+            y=t["is_contrast"][idx].long().view(1),
             num_nodes=t["x"].shape[1],
             source_index=t["source_index"][idx].view(1),
             true_label=t["true_label"][idx].view(1),
             pred=t["pred"][idx].view(1),
             success=t["success"][idx].view(1),
-            attack_id=t["attack_id"][idx].view(1),
+            population_id=t["population_id"][idx].view(1),
         )
 
     @property
@@ -77,21 +79,28 @@ class IPGDataset(Dataset):
         index = torch.as_tensor(list(self.indices()), dtype=torch.long)
         return {k: v[index] for k, v in self.tensors.items()}
 
-    def select_attacks(self, attacks: Sequence[str]) -> IPGDataset:
-        """A view with the benign graphs and the adversarial graphs of the given attacks only
-        (nothing is loaded again)."""
-        unknown = set(attacks) - set(self.attacks)
+    def select_contrasts(self, names: Sequence[str]) -> IPGDataset:
+        """A view with the reference graphs and the graphs of the given contrast populations
+        only (nothing is loaded again)."""
+        unknown = set(names) - set(self.populations)
         if unknown:
             raise KeyError(
-                f"no graphs of attacks {sorted(unknown)}; this dataset has {self.attacks}"
+                f"no graphs of populations {sorted(unknown)}; this dataset has {self.populations}"
             )
         meta = self.meta
-        keep = ~meta["is_adv"] | torch.isin(
-            meta["attack_id"], torch.tensor([self.attacks.index(a) for a in attacks])
+        keep = ~meta["is_contrast"] | torch.isin(
+            meta["population_id"], torch.tensor([self.populations.index(a) for a in names])
         )
         return self[torch.nonzero(keep).flatten()]
 
     @property
     def labels(self) -> torch.Tensor:
-        """`y` of every graph (1 = adversarial), without building `Data` objects."""
-        return self.meta["is_adv"].long()
+        """`y` of every graph (1 = contrast population), without building `Data` objects."""
+        return self.meta["is_contrast"].long()
+
+    @property
+    def contrasts(self) -> list[str]:
+        """The contrast populations among `populations`, in order."""
+        meta = self.meta
+        ids = meta["population_id"][meta["is_contrast"]].unique().tolist()
+        return [p for i, p in enumerate(self.populations) if i in ids]

@@ -3,8 +3,8 @@
 Layout under a root directory::
 
     topology.pt                  model fingerprint, capture config, node table, shared edges
-    <split>-benign/manifest.json + shard_00000.pt ...
-    <split>-<attack>/...
+    <split>-<reference population>/manifest.json + shard_00000.pt ...
+    <split>-<contrast population>/...
 
 Per graph only what varies is stored: node features and edge contributions (plus edge indices
 and weights in dynamic mode). Each shard is written to a temporary file and renamed into place,
@@ -14,8 +14,6 @@ so a shard file that exists is complete: an interrupted build resumes at the fir
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,31 +23,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ipg_gnn.provenance import EDGE_FEATURES, NODE_FEATURES, CaptureConfig, IPGCapture
+from ipg_gnn.runs.io import atomic_save, atomic_write_text
 
 
 class IPGStoreError(ValueError):
     """An IPG store does not match what it is loaded or resumed for."""
-
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """`torch.save` to a temporary file renamed into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -125,7 +103,7 @@ class Topology:
 
 @dataclass
 class GraphStore:
-    """A directory of shards holding the graphs of one split under one attack (or benign)."""
+    """A directory of shards holding the graphs of one split and one population."""
 
     directory: Path
 

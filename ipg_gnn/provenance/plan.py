@@ -236,6 +236,10 @@ class Plan:
         """(layer name, unit index) of every node, in node order."""
         return [(layer.name, u) for layer in self.layers for u in range(layer.num_units)]
 
+    def weight_layers(self) -> list[str]:
+        """The weight layers (Linear, Conv) in forward order: what a repair can change."""
+        return [op.layer.name for op in self.ops if op.kind != "add"]
+
     def layer(self, name: str) -> Layer:
         for layer in self.layers:
             if layer.name == name:

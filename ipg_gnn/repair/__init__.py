@@ -1,4 +1,4 @@
-"""Targeted repair: parameter masks from a plan, masked adversarial fine-tuning."""
+"""Repair: parameter masks from a plan, masked fine-tuning, repair methods, reports."""
 
 from ipg_gnn.repair.finetune import masked_finetune
 from ipg_gnn.repair.masks import (
@@ -9,9 +9,27 @@ from ipg_gnn.repair.masks import (
     params_per_target,
     plan_masks,
 )
+from ipg_gnn.repair.methods import (
+    ActivationPatch,
+    LayerFinetune,
+    MaskedFinetune,
+    PatchedModel,
+    PlanFinetune,
+    RandomPlanFinetune,
+    RepairContext,
+    RepairMethod,
+)
 
 __all__ = [
+    "ActivationPatch",
+    "LayerFinetune",
+    "MaskedFinetune",
     "Masks",
+    "PatchedModel",
+    "PlanFinetune",
+    "RandomPlanFinetune",
+    "RepairContext",
+    "RepairMethod",
     "all_masks",
     "count_allowed",
     "layer_masks",

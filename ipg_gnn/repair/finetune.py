@@ -1,11 +1,10 @@
-"""Targeted repair by masked adversarial fine-tuning.
+"""Targeted repair by masked fine-tuning.
 
 Only the entries a mask allows may change: their gradients are masked and, after every
 optimiser step, every other entry is written back from the original model, so it stays
 bit-identical. The model stays in eval mode throughout, so BatchNorm statistics and dropout do
-not change either. The loss is cross-entropy on clean inputs and on adversarial inputs crafted
-against the model being repaired at that step, plus an optional consistency term that keeps the
-repaired units' pre-activations on an adversarial input close to their clean values. Every
+not change either. The loss comes from the objective (for robustness: cross-entropy on clean
+inputs and on adversarial inputs crafted against the model being repaired at that step). Every
 `check_every` steps the clean accuracy on a validation part is measured; once it has stayed more
 than `tolerance` below the start for `patience` checks in a row, training stops (`patience=None`:
 never, the whole schedule runs). The weights returned are always the last ones that were within
@@ -19,30 +18,14 @@ training are the whole point here, and a loop states them directly.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.data import Images
+from ipg_gnn.objectives import RepairLoss
 from ipg_gnn.repair.masks import Masks
 from ipg_gnn.targets import accuracy
-
-
-def _unit_outputs(model: nn.Module, units: Mapping[str, Sequence[int]]):
-    """Forward hooks recording the given units' outputs of the given modules."""
-    store: dict[str, torch.Tensor] = {}
-    hooks = []
-    for layer, idx in units.items():
-        index = torch.as_tensor(list(idx), dtype=torch.long)
-
-        def hook(module, args, out, layer=layer, index=index):
-            store[layer] = out[:, index.to(out.device)]
-
-        hooks.append(model.get_submodule(layer).register_forward_hook(hook))
-    return store, hooks
 
 
 def masked_finetune(
@@ -50,14 +33,10 @@ def masked_finetune(
     masks: Masks,
     train: Images,
     val: Images,
-    attack: Attack,
+    loss_fn: RepairLoss,
     epochs: int = 5,
     lr: float = 1e-3,
     batch_size: int = 128,
-    clean_weight: float = 1.0,
-    adv_weight: float = 1.0,
-    consistency_weight: float = 0.0,
-    consistency_units: Mapping[str, Sequence[int]] | None = None,
     tolerance: float = 0.01,
     check_every: int = 1,
     patience: int | None = 1,
@@ -67,8 +46,6 @@ def masked_finetune(
     """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary."""
     if check_every < 1 or (patience is not None and patience < 1):
         raise ValueError(f"check_every and patience must be >= 1; got {check_every}, {patience}")
-    if consistency_weight and not consistency_units:
-        raise ValueError("the consistency term needs the repaired units: pass consistency_units")
     params = dict(model.named_parameters())
     unknown = set(masks) - set(params)
     if unknown:
@@ -91,7 +68,6 @@ def masked_finetune(
                 p.copy_(kept[name])
 
     history: list[dict] = []
-    store, hooks = _unit_outputs(model, consistency_units or {}) if consistency_weight else ({}, [])
     generator = torch.Generator().manual_seed(seed)
     batches = (
         (epoch, order[i : i + batch_size])
@@ -100,49 +76,44 @@ def masked_finetune(
         for i in range(0, len(train), batch_size)
     )
     total = epochs * -(-len(train) // batch_size)
-    loss_fn = nn.functional.cross_entropy
     strikes = 0
     try:
-        for step, (epoch, idx) in enumerate(
-            tqdm(batches, total=total, desc="repair", disable=not progress, leave=False), 1
-        ):
-            x, y = train.x[idx].to(device), train.y[idx].to(device)
-            seed_attack_rng(seed + step - 1)
-            x_adv = attack(model, x, y).x_adv.to(device)
-            loss = clean_weight * loss_fn(model(x), y)
-            clean_units = {k: v.detach() for k, v in store.items()}
-            loss = loss + adv_weight * loss_fn(model(x_adv), y)
-            if consistency_weight and store:
-                loss = loss + consistency_weight * sum(
-                    (store[k] - clean_units[k]).pow(2).mean() for k in store
-                )
-            optimizer.zero_grad()
-            loss.backward()
-            for name, p in trainable.items():
-                p.grad.mul_(masks[name])
-            optimizer.step()
-            with torch.no_grad():
+        with loss_fn.attach(model):
+            for step, (epoch, idx) in enumerate(
+                tqdm(batches, total=total, desc="repair", disable=not progress, leave=False), 1
+            ):
+                x, y = train.x[idx].to(device), train.y[idx].to(device)
+                loss = loss_fn(model, x, y, step)
+                optimizer.zero_grad()
+                loss.backward()
                 for name, p in trainable.items():
-                    p.copy_(torch.where(masks[name], p, original[name]))
-            if step % check_every and step != total:
-                continue
-            acc = accuracy(model, val)
-            history.append(
-                {"step": step, "epoch": epoch, "val_clean_acc": acc, "loss": float(loss.detach())}
-            )
-            if baseline_acc - acc <= tolerance:
-                strikes = 0
-                kept = {name: p.detach().clone() for name, p in trainable.items()}
-                continue
-            strikes += 1
-            if patience is not None and strikes >= patience:
-                history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
-                break
-        if strikes:
-            restore_kept()  # the weights since the last check within tolerance went too far
+                    p.grad.mul_(masks[name])
+                optimizer.step()
+                with torch.no_grad():
+                    for name, p in trainable.items():
+                        p.copy_(torch.where(masks[name], p, original[name]))
+                if step % check_every and step != total:
+                    continue
+                acc = accuracy(model, val)
+                history.append(
+                    {
+                        "step": step,
+                        "epoch": epoch,
+                        "val_clean_acc": acc,
+                        "loss": float(loss.detach()),
+                    }
+                )
+                if baseline_acc - acc <= tolerance:
+                    strikes = 0
+                    kept = {name: p.detach().clone() for name, p in trainable.items()}
+                    continue
+                strikes += 1
+                if patience is not None and strikes >= patience:
+                    history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
+                    break
+            if strikes:
+                restore_kept()  # the weights since the last check within tolerance went too far
     finally:
-        for h in hooks:
-            h.remove()
         for p in params.values():
             p.requires_grad_(True)
     changed = sum(int((p.detach() != original[n]).sum()) for n, p in params.items())

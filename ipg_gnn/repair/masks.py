@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ipg_gnn.explain.plan import PlanError, RepairPlan
+from ipg_gnn.plan import PlanError, RepairPlan
 from ipg_gnn.provenance import Plan
 
 Masks = dict[str, torch.Tensor]

@@ -10,7 +10,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-# Per-model entries that are not scores: attack budgets, sample counts, the fine-tuning trace.
+from ipg_gnn.objectives import Objective  # noqa: E402
+
+# Per-model entries that are not scores: budgets (eps), sample counts, the fine-tuning trace.
 _NOT_METRICS = ("eps", "n", "history")
 
 
@@ -40,27 +42,8 @@ def mean_results(results: Sequence[Mapping]) -> dict:
     return mean
 
 
-def markdown_report(report: Mapping) -> str:
-    attacks = list(report["before"]["adv_acc"])
-    head = (
-        "| model | clean | "
-        + " | ".join(f"{a} (adaptive)" for a in attacks)
-        + " | "
-        + " | ".join(f"{a} (transfer)" for a in attacks)
-        + " | params changed | repair time |"
-    )
-    lines = [
-        "# Repair report",
-        "",
-        f"Test split, n = {report['n_test']}. Adaptive: attacks re-crafted against each "
-        "model. Transfer: the original model's adversarial examples.",
-        "",
-        f"Plan: {report['plan']['level']} level, explainer {report['plan']['explainer']}, "
-        f"targets {report['plan']['targets']}.",
-        "",
-        head,
-        "|---" * (3 + 2 * len(attacks)) + "|---|",
-    ]
+def markdown_report(report: Mapping, objective: Objective) -> str:
+    """The repair report as markdown: one row per model, the objective's columns."""
     rows = {
         "original": report["before"],
         "targeted repair": report["after"],
@@ -69,42 +52,48 @@ def markdown_report(report: Mapping) -> str:
             for name, r in report["baselines"].items()
         },
     }
+    head = list(objective.columns(report["before"]))
+    lines = [
+        "# Repair report",
+        "",
+        f"Test split, n = {report['n_test']}. {objective.report_note()}",
+        "",
+        f"Plan: {report['plan']['level']} level, explainer {report['plan']['explainer']}, "
+        f"targets {report['plan']['targets']}.",
+        "",
+        "| model | " + " | ".join(head) + " | params changed | repair time |",
+        "|---" * (3 + len(head)) + "|",
+    ]
     for name, r in rows.items():
-        transfer = r.get("transfer_acc", {})
-        cells = [f"{r['adv_acc'][a]:.2%}" for a in attacks]
-        cells += [f"{transfer[a]:.2%}" if a in transfer else "-" for a in attacks]
         changed = (
             f"{r['params_changed']:.0f} ({r['params_changed_fraction']:.2%})"
             if "params_changed" in r
             else "-"
         )
         seconds = f"{r['repair_seconds']:.0f} s" if "repair_seconds" in r else "-"
-        lines.append(
-            f"| {name} | {r['clean_acc']:.2%} | "
-            + " | ".join(cells)
-            + f" | {changed} | {seconds} |"
-        )
-    lines += _validation_table(rows)
+        cells = objective.columns(r).values()
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {changed} | {seconds} |")
+    lines += _validation_table(rows, objective)
     return "\n".join(lines) + "\n"
 
 
-def _validation_table(rows: Mapping[str, Mapping]) -> list[str]:
+def _validation_table(rows: Mapping[str, Mapping], objective: Objective) -> list[str]:
     """The same models on the repair split's validation part: what settings are chosen on."""
     first = next(iter(rows.values()))
     if "val" not in first:
         return []
-    attacks = list(first["val"]["adv_acc"])
+    head = list(objective.columns(first["val"], validation=True))
     lines = [
         "",
-        f"Validation part of the repair split, n = {first['val']['n']} (adaptive attacks): "
+        f"Validation part of the repair split, n = {first['val']['n']}: "
         "choose repair settings on these numbers, never on the test table above.",
         "",
-        "| model | clean | " + " | ".join(attacks) + " |",
-        "|---" * (2 + len(attacks)) + "|",
+        "| model | " + " | ".join(head) + " |",
+        "|---" * (1 + len(head)) + "|",
     ]
     for name, r in rows.items():
-        cells = [f"{r['val']['adv_acc'][a]:.2%}" for a in attacks]
-        lines.append(f"| {name} | {r['val']['clean_acc']:.2%} | " + " | ".join(cells) + " |")
+        cells = objective.columns(r["val"], validation=True).values()
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,6 +1,6 @@
 """Benchmarks, printed as ratios measured in one run.
 
-`python -m ipg_gnn.bench capture` times, on one batch of real MNIST digits, the plain forward
+`python -m ipg_gnn.tools.bench capture` times, on one batch of real MNIST digits, the plain forward
 pass and the IPG capture of each target model in each sparsity mode (same batch, same process,
 median of repeats), and measures the peak memory of building a 10,000-graph IPG dataset (5,000
 full-MNIST test inputs, benign + FGSM) in a child process. The last line is one JSON object.
@@ -133,6 +133,7 @@ def _build_child(data_dir: str, n_inputs: int, out: str, queue: mp.Queue) -> Non
 
     from ipg_gnn.attacks import Attack
     from ipg_gnn.graphs import IPGDataset, build_store, prepare_capture
+    from ipg_gnn.objectives import AttackContrast
 
     data = mnist(data_dir)
     torch.manual_seed(0)
@@ -140,10 +141,11 @@ def _build_child(data_dir: str, n_inputs: int, out: str, queue: mp.Queue) -> Non
     images = data.test.subset(np.arange(n_inputs))
     start = time.perf_counter()
     capturer, _ = prepare_capture(model, out, CaptureConfig(), data.train.x[:500])
-    fgsm = Attack("fgsm", functools.partial(FastGradientMethod, eps=0.15), progress=False)
+    attack = Attack("fgsm", functools.partial(FastGradientMethod, eps=0.15), progress=False)
+    fgsm = AttackContrast("fgsm", attack, key="bench")
     index = np.arange(n_inputs)
-    build_store(capturer, model, images, index, Path(out) / "benign", "test", None, 1000)
-    build_store(capturer, model, images, index, Path(out) / "fgsm", "test", fgsm, 1000)
+    build_store(capturer, model, images, index, Path(out) / "benign", "test", "benign", None, 1000)
+    build_store(capturer, model, images, index, Path(out) / "fgsm", "test", "fgsm", fgsm, 1000)
     n_graphs = len(IPGDataset(out, ["benign", "fgsm"]))
     queue.put(
         {
@@ -171,7 +173,7 @@ def bench_dataset_build(data_dir: str, n_inputs: int = 5000) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m ipg_gnn.bench",
+        prog="python -m ipg_gnn.tools.bench",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,7 +1,7 @@
 """Gather the reports of a repair sweep (e.g. the single-layer study
 `python repair.py -m repair.layer=net.1,net.3,net.5`) into one table.
 
-`python -m ipg_gnn.repair.summary <multirun dir>` prints a markdown table, one row per job
+`python -m ipg_gnn.tools.summary <multirun dir>` prints a markdown table, one row per job
 (layer, level, budget), and writes it next to the jobs as `summary.md` and `summary.json`, with
 `summary.png`: each job's test adversarial accuracy against the share of parameters it changed,
 targeted and random plan side by side, which shows what a budget sweep buys
@@ -121,7 +121,7 @@ def plot_budget(rows: list[dict], path: str | Path) -> Path:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
-        prog="python -m ipg_gnn.repair.summary",
+        prog="python -m ipg_gnn.tools.summary",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -10,8 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ipg_gnn.explain.flow import FLOW_EXPLAINER  # noqa: E402
-from ipg_gnn.explain.plan import RepairPlan  # noqa: E402
+from ipg_gnn.plan.repair_plan import RepairPlan  # noqa: E402
 
 
 def plot_plan(plan: RepairPlan, path: str | Path, top: int = 30) -> Path:
@@ -19,11 +18,7 @@ def plot_plan(plan: RepairPlan, path: str | Path, top: int = 30) -> Path:
     highlighted). Bottom row: heatmap of the layer's strongest incoming edges (source unit x
     unit), coloured by contrasted importance."""
     layers = list(plan.targets)
-    score = (
-        "mean |flow change| under attack"
-        if plan.provenance.get("explainer") == FLOW_EXPLAINER
-        else "adversarial - benign importance"
-    )
+    score = plan.provenance["score"]
     fig, axes = plt.subplots(2, len(layers), figsize=(5 * len(layers), 7), squeeze=False)
     for col, layer in enumerate(layers):
         info = plan.layers[layer]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ipg_gnn.explain.attribution import Attribution
+from ipg_gnn.explain import Attribution
 from ipg_gnn.graphs import Topology
 
 LEVELS = ("node", "edge")
@@ -53,9 +53,29 @@ class RepairPlan:
                 f"{fingerprint}; make a new plan for this model"
             )
 
-    @property
-    def num_targets(self) -> int:
-        return sum(len(t) for t in self.targets.values())
+    def units(self) -> dict[str, list[int]]:
+        """The units the plan touches per layer: its node targets, or the units its edges
+        feed."""
+        if self.level == "node":
+            return {layer: list(t) for layer, t in self.targets.items()}
+        return {layer: sorted({unit for _, unit in t}) for layer, t in self.targets.items()}
+
+    def redrawn(self, seed: int) -> RepairPlan:
+        """A plan of the same layers, level and budget with targets drawn at random from the
+        same candidates: the random baseline of this plan."""
+        generator = torch.Generator().manual_seed(seed)
+        targets = {}
+        for layer, chosen in self.targets.items():
+            pool = self.layers[layer]["units" if self.level == "node" else "edges"]
+            pick = torch.randperm(len(pool), generator=generator)[: len(chosen)].tolist()
+            targets[layer] = (
+                [pool[i][0] for i in pick]
+                if self.level == "node"
+                else [[pool[i][0], pool[i][3]] for i in pick]
+            )
+        return RepairPlan(
+            self.fingerprint, self.level, self.layers, targets, {**self.provenance, "random": True}
+        )
 
 
 def rank_layers(attribution: Attribution, topology: Topology) -> dict[str, dict[str, Any]]:
@@ -138,5 +158,5 @@ def make_plan(
         level,
         ranked,
         targets,
-        {"explainer": attribution.explainer, **(provenance or {})},
+        {"explainer": attribution.explainer, "score": attribution.score, **(provenance or {})},
     )

@@ -1,17 +1,12 @@
-"""Checkpoints that know their architecture, cache keys, and model fingerprints.
+"""Checkpoints that know their architecture.
 
 A checkpoint records the architecture it was made for (the model's `_target_` config) next to
 the weights, so loading it into any other architecture is refused with a clear error instead of
-a shape mismatch deep inside `load_state_dict`. Cache keys hash every setting that shapes an
-artefact, so a rerun with the same settings reuses it and any change rebuilds it.
+a shape mismatch deep inside `load_state_dict`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +14,8 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from torch import nn
+
+from ipg_gnn.runs.io import atomic_save
 
 
 class CheckpointMismatchError(ValueError):
@@ -30,12 +27,6 @@ def build_model(arch: Mapping[str, Any]) -> nn.Module:
     return instantiate(dict(arch), _convert_="all")
 
 
-def config_key(payload: Mapping[str, Any]) -> str:
-    """A short stable hash of a JSON-able config, used as a cache key."""
-    blob = json.dumps(payload, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
 def save_checkpoint(
     path: str | Path,
     model: nn.Module,
@@ -43,19 +34,9 @@ def save_checkpoint(
     meta: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write weights + architecture atomically, so an interrupted save never leaves a bad file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(
-            {"arch": dict(arch), "state_dict": model.state_dict(), "meta": dict(meta or {})}, tmp
-        )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_save(
+        {"arch": dict(arch), "state_dict": model.state_dict(), "meta": dict(meta or {})}, path
+    )
 
 
 def load_checkpoint(path: str | Path, arch: Mapping[str, Any]) -> nn.Module:
@@ -74,14 +55,3 @@ def load_checkpoint(path: str | Path, arch: Mapping[str, Any]) -> nn.Module:
     model = build_model(arch)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A hash of every parameter and buffer: two models share it only if they compute the same
-    function, so artefacts derived from one (IPG datasets) can be checked against the other."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(tensor.shape)).encode())
-        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]

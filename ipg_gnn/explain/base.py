@@ -1,0 +1,72 @@
+"""What every attributor gives and needs.
+
+An attributor scores every IPG node (unit) and edge (weight) of the model under repair by how
+much it makes a contrast population's inputs flow differently from the reference population's.
+Some explain the GNN detector over IPG datasets, others read the model directly; each takes what
+it needs from an :class:`AttributionSource`, so the repair job never asks which kind it runs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from ipg_gnn.data import Images
+from ipg_gnn.graphs import IPGDataset, Topology
+from ipg_gnn.objectives import Contrast
+
+
+@dataclass
+class Attribution:
+    """Mean node and edge importance on contrast and on reference graphs, and their contrast."""
+
+    node_contrast: torch.Tensor  # (V,)
+    node_reference: torch.Tensor
+    edge_contrast: torch.Tensor  # (E,) over the shared edge set
+    edge_reference: torch.Tensor
+    explainer: str
+    score: str  # what the importances measure, for plots and reports
+
+    @property
+    def node(self) -> torch.Tensor:
+        return self.node_contrast - self.node_reference
+
+    @property
+    def edge(self) -> torch.Tensor:
+        return self.edge_contrast - self.edge_reference
+
+
+class AttributionSource(Protocol):
+    """What a repair job can hand an attributor, built only when asked for."""
+
+    model: nn.Module
+    seed: int
+
+    def inputs(self) -> Images:
+        """The inputs attribution is computed on (the repair split)."""
+
+    def contrast(self, name: str) -> Contrast:
+        """The train run's contrast population `name`."""
+
+    def ipg_dataset(self, contrast: str) -> IPGDataset:
+        """Reference and `contrast` IPGs of `inputs()`, through the run's IPG cache."""
+
+    def detector(self, num_nodes: int) -> nn.Module:
+        """The train run's GNN detector."""
+
+
+class Attributor(ABC):
+    """Scores IPG nodes and edges for the contrast population named `contrast`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, contrast: str) -> None:
+        self.contrast = contrast
+
+    @abstractmethod
+    def __call__(self, source: AttributionSource) -> tuple[Attribution, Topology]:
+        """The attribution and the topology its scores index."""

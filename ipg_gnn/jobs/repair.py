@@ -1,0 +1,293 @@
+"""The `repair.py` job: attribution -> repair plan -> targeted repair and baselines ->
+evaluation on the test split, for one `train.py` run.
+
+The objective of the repair config (`objective`) evaluates models and gives the repair loss; the
+train run's objective gives the contrast population the attributor explains. Explainers and
+repair methods are `_target_` configs (`explainer`, `repair.methods`), so this job never asks
+which one it runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf, open_dict
+from torch import nn
+
+from ipg_gnn.data import Images
+from ipg_gnn.explain import Attribution, Attributor
+from ipg_gnn.graphs import IPGDataset, Topology
+from ipg_gnn.jobs.stages import build, build_ipg_datasets, ipg_dataset, make_objective
+from ipg_gnn.objectives import Contrast, Objective
+from ipg_gnn.plan import PlanError, RepairPlan, make_plan
+from ipg_gnn.plan.plot import plot_plan
+from ipg_gnn.provenance import build_plan
+from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target
+from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
+from ipg_gnn.runs.checkpoints import load_checkpoint, save_checkpoint
+from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.tracking import StageClock, make_loggers, publish
+from ipg_gnn.runs.train_run import (
+    TrainRun,
+    detector_arch,
+    latest_train_run,
+    load_train_run,
+    target_arch,
+)
+
+log = logging.getLogger(__name__)
+
+
+def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[Images, Images]:
+    """The repair split cut into a fine-tuning part and a validation part (seeded)."""
+    images = run.splits.images(run.data, "repair")
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_val = max(1, int(round(val_fraction * len(images))))
+    return images.subset(np.sort(order[n_val:])), images.subset(np.sort(order[:n_val]))
+
+
+def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMethod]:
+    """`targeted` and the configured baselines, from `repair.methods`, checked before any
+    work: unknown names and overrides of unknown settings fail here."""
+    names = ["targeted", *cfg.repair.baselines]
+    unknown = [n for n in names if n not in cfg.repair.methods]
+    if unknown:
+        raise ValueError(
+            f"unknown repair methods {unknown}; known: {', '.join(cfg.repair.methods)}"
+        )
+    methods = {n: build(cfg.repair.methods[n], f"repair.methods.{n}") for n in names}
+    loss_keys = list(getattr(objective, "loss", {}))
+    for name, method in methods.items():
+        method.check(name, list(cfg.repair.finetune), loss_keys)
+    return methods
+
+
+@dataclass
+class RepairSplitSource:
+    """What an attributor may ask of the train run, built only when asked for: the repair
+    split, the train objective's contrast populations, their IPGs, the detector."""
+
+    cfg: DictConfig
+    run: TrainRun
+    objective: Objective  # the train run's: its contrasts are the populations explained
+    clock: StageClock
+    used_detector: Path | None = field(default=None, init=False)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.run.model
+
+    @property
+    def seed(self) -> int:
+        return self.cfg.seed
+
+    def inputs(self) -> Images:
+        return self.run.splits.images(self.run.data, "repair")
+
+    def contrast(self, name: str) -> Contrast:
+        contrasts = self.objective.contrasts()
+        if name not in contrasts:
+            raise ValueError(
+                f"explainer.contrast={name} was not a contrast population of the train run "
+                f"({', '.join(contrasts)})"
+            )
+        return contrasts[name]
+
+    def ipg_dataset(self, contrast: str) -> IPGDataset:
+        self.contrast(contrast)
+        with self.clock("repair_ipgs"):
+            ipgs = build_ipg_datasets(
+                self.run.cfg,
+                self.run.model,
+                self.run.data,
+                self.run.splits,
+                self.objective,
+                ["repair"],
+                [contrast],
+            )
+        return ipg_dataset(ipgs, "repair", [contrast])
+
+    def detector(self, num_nodes: int) -> nn.Module:
+        path = self.run.directory / "detector.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self.run.directory} has no detector (detector.pt): run train.py to the end "
+                "before repair.py, or use explainer=flow_difference, which needs none"
+            )
+        self.used_detector = path
+        return load_checkpoint(path, detector_arch(self.run.cfg, num_nodes))
+
+
+def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:
+    """Targets per layer: `repair.k`, or `repair.fraction` of each layer's parameters."""
+    counts = {}
+    for layer in layers:
+        if cfg.repair.k is not None:
+            counts[layer] = int(cfg.repair.k)
+        else:
+            total = sum(p.numel() for p in model.get_submodule(layer).parameters())
+            per = params_per_target(model, capture_plan, layer, cfg.repair.level)
+            counts[layer] = max(1, int(cfg.repair.fraction * total // per))
+    return counts
+
+
+def planned_layers(cfg: DictConfig, repairable: list[str]) -> list[str]:
+    """`repair.layer` as a list (empty: every repairable layer), checked against the model."""
+    layer = cfg.repair.layer
+    layers = [layer] if isinstance(layer, str) else list(layer or [])
+    unknown = [name for name in layers if name not in repairable]
+    if unknown:
+        raise PlanError(
+            f"no weight layer {', '.join(unknown)} in this model; valid layers: "
+            f"{', '.join(repairable)}"
+        )
+    return layers
+
+
+def make_repair_plan(
+    cfg: DictConfig,
+    run: TrainRun,
+    attribution: Attribution,
+    topology: Topology,
+    capture_plan,
+    provenance: Mapping[str, Any],
+) -> RepairPlan:
+    """The plan of `repair.level` targets over `repair.layer`, under the configured budget."""
+    repairable = capture_plan.weight_layers()
+    layers = planned_layers(cfg, repairable)
+    counts = plan_counts(cfg, run.model, capture_plan, layers or repairable)
+    return make_plan(attribution, topology, cfg.repair.level, layers, counts, provenance)
+
+
+def finetune_curves(
+    results: Mapping[str, Mapping],
+    methods: Mapping[str, RepairMethod],
+    ctx: RepairContext,
+    start: float,
+    path: Path,
+) -> Path:
+    """Validation clean accuracy along every fine-tuning run (each random draw its own)."""
+    histories, tolerances = {}, {}
+    for name, r in results.items():
+        for d, one in enumerate(r.get("draws", [r])):
+            if "history" in one:
+                key = f"{name} {d}" if "draws" in r else name
+                histories[key] = one["history"]
+                tolerances[key] = methods[name].schedule(ctx)["tolerance"]
+    return plot_finetune_curves(histories, start, tolerances, path)
+
+
+def run_repair(cfg: DictConfig) -> dict[str, Any]:
+    """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
+    `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}` and
+    `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
+    run = load_train_run(train_dir)
+    cfg = copy.deepcopy(cfg)
+    with open_dict(cfg):
+        cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
+    objective = make_objective(cfg)
+    methods = make_methods(cfg, objective)
+    unknown = sorted(set(cfg.repair.val_evaluations) - set(objective.evaluation_names()))
+    if unknown:
+        raise ValueError(
+            f"repair.val_evaluations names {unknown}, not among the objective's evaluations "
+            f"({', '.join(objective.evaluation_names())})"
+        )
+    attributor: Attributor = build(cfg.explainer, "explainer")
+    fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
+    planned_layers(cfg, build_plan(run.model, fine_tune.x[:1]).weight_layers())
+    OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
+    loggers = make_loggers(cfg)
+    clock = StageClock()
+
+    source = RepairSplitSource(cfg, run, make_objective(run.cfg), clock)
+    with clock("attribution"):
+        attribution, topology = attributor(source)
+    capture_plan = build_plan(run.model, fine_tune.x[:1], topology.config.include_input)
+    plan = make_repair_plan(
+        cfg,
+        run,
+        attribution,
+        topology,
+        capture_plan,
+        {
+            "train_dir": str(train_dir),
+            "detector": source.used_detector and str(source.used_detector),
+            "explainer_contrast": attributor.contrast,
+        },
+    )
+    plan.save(out / "repair_plan.json")
+    plot_plan(plan, out / "repair_plan.png")
+
+    test = run.splits.images(run.data, "test")
+
+    def evaluate(model: nn.Module, **kw) -> tuple[dict[str, Any], dict]:
+        """Test-split evaluation, plus the validation numbers that settings are chosen on."""
+        report, examples = objective.evaluate(model, test, cfg.eval_batch_size, cfg.seed, **kw)
+        report["val"], _ = objective.evaluate(
+            model, val, cfg.eval_batch_size, cfg.seed, only=list(cfg.repair.val_evaluations)
+        )
+        return report, examples
+
+    with clock("evaluate_before"):
+        before, original_examples = evaluate(run.model)
+    ctx = RepairContext(
+        run.model,
+        plan,
+        capture_plan,
+        fine_tune,
+        val,
+        objective,
+        dict(cfg.repair.finetune),
+        cfg.seed,
+    )
+    results = {}
+    for name, method in methods.items():
+        draws = []
+        for d in range(method.draws):
+            tag = name if method.draws == 1 else f"{name}_{d}"
+            with clock(f"repair_{tag}"):
+                model, info = method(ctx, d)
+            info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
+            with clock(f"evaluate_{tag}"):
+                evaluation, _ = evaluate(model, transfer_from=original_examples)
+            log.info("%s: %s", tag, objective.columns(evaluation))
+            draws.append({**evaluation, **info})
+        results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
+        if name == "targeted":
+            save_checkpoint(
+                out / "repaired.pt",
+                model,
+                target_arch(run.cfg, run.data),
+                {"plan": str(out / "repair_plan.json")},
+            )
+    curves = finetune_curves(
+        results, methods, ctx, before["val"]["clean_acc"], out / "finetune_curves.png"
+    )
+    report = {
+        "train_dir": str(train_dir),
+        "n_test": len(test),
+        "before": before,
+        "after": results.pop("targeted"),
+        "baselines": results,
+        "plan": {
+            "level": plan.level,
+            "explainer": attributor.name,
+            "targets": {lay: len(t) for lay, t in plan.targets.items()},
+        },
+        "timing_s": clock.seconds,
+    }
+    atomic_write_text(json.dumps(report, indent=2), out / "repair_report.json")
+    atomic_write_text(markdown_report(report, objective), out / "repair_report.md")
+    publish(loggers, flat_metrics(report), [out / "repair_plan.png", curves])
+    return report

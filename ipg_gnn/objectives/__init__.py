@@ -1,0 +1,14 @@
+"""Objectives: the failure a run studies (the only package that knows one from another)."""
+
+from ipg_gnn.objectives.base import Contrast, Contrasted, Objective, RepairLoss
+from ipg_gnn.objectives.robustness import AdversarialLoss, AttackContrast, Robustness
+
+__all__ = [
+    "AdversarialLoss",
+    "AttackContrast",
+    "Contrast",
+    "Contrasted",
+    "Objective",
+    "RepairLoss",
+    "Robustness",
+]

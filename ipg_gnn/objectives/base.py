@@ -1,0 +1,125 @@
+"""What an objective is: the one place that knows which failure a run studies.
+
+The chain capture -> IPG datasets -> detector -> attribution -> repair plan -> masked fine-tuning
+-> evaluation is the same for every failure. An objective supplies only what differs:
+
+- the populations whose IPGs are contrasted: a *reference* population (the inputs as they are)
+  and named *contrast* populations made from the same inputs (adversarial versions, triggered
+  versions, ...), each a :class:`Contrast`;
+- how the target model is prepared (`training_set`: the data it is trained on);
+- the repair loss (`repair_loss`), which the generic mask loop minimises;
+- the evaluation of a model and the columns a report shows of it.
+
+Stages take these from an objective and never ask which one it is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from ipg_gnn.data import Images
+
+
+@dataclass(frozen=True)
+class Contrasted:
+    """Inputs of a contrast population made from reference inputs (same order), the model's
+    predictions on them, and whether each achieved the population's effect on the model (for
+    an attack: the model was right before and is wrong after)."""
+
+    x: torch.Tensor
+    pred: torch.Tensor
+    success: torch.Tensor
+
+
+class Contrast(ABC):
+    """A population contrasted with the reference one, made input by input from it."""
+
+    def __init__(self, name: str, key: str) -> None:
+        self.name = name
+        self.key = key  # a short hash of its settings: stores of other settings are not reused
+
+    @abstractmethod
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> Contrasted:
+        """The contrast versions of `x` (labels `y`) against `model`; `seed` fixes any
+        randomness, so a resumed build writes what an uninterrupted one would."""
+
+
+class RepairLoss(Protocol):
+    """The loss a repair minimises on a batch; `attach` holds whatever it records on the model
+    (e.g. forward hooks) for the length of a fine-tuning run."""
+
+    def attach(self, model: nn.Module) -> AbstractContextManager: ...
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
+    ) -> torch.Tensor: ...
+
+
+class Objective(ABC):
+    """The failure a run studies; see the module docstring for what it supplies."""
+
+    #: Name of the reference population (IPG stores `<split>-<reference>`).
+    reference: ClassVar[str]
+    #: What one contrast population is called in reports ("attack": `per_attack`).
+    noun: ClassVar[str]
+
+    @abstractmethod
+    def contrasts(self) -> dict[str, Contrast]:
+        """The contrast populations, by name, in report order."""
+
+    def training_set(self, images: Images, seed: int) -> Images:
+        """The data the target is trained on (a poisoning objective changes it)."""
+        return images
+
+    @abstractmethod
+    def population_report(
+        self, reference: Mapping[str, torch.Tensor], contrasts: Mapping[str, Mapping]
+    ) -> dict[str, Any]:
+        """Numbers of the target on the populations, from IPG store metadata (`pred`,
+        `true_label`, `success` per graph): what train.py reports before any detector."""
+
+    @abstractmethod
+    def format_population_report(self, report: Mapping[str, Any]) -> str:
+        """`population_report` as a small text table."""
+
+    @abstractmethod
+    def population_metrics(self, report: Mapping[str, Any]) -> dict[str, float]:
+        """`population_report` as flat metrics for the loggers."""
+
+    @abstractmethod
+    def repair_loss(self, units: Mapping[str, Sequence[int]], seed: int, **settings) -> RepairLoss:
+        """The loss of a repair that changes `units` (per layer), with the objective's loss
+        `settings` (its `loss` config, with a method's overrides)."""
+
+    @abstractmethod
+    def evaluate(
+        self,
+        model: nn.Module,
+        images: Images,
+        batch_size: int,
+        seed: int,
+        only: Sequence[str] | None = None,
+        transfer_from: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The model's numbers on `images` (`only`: a subset of the evaluations, by name), and
+        the contrast inputs made against it; `transfer_from` are contrast inputs made against
+        another model, scored as they are."""
+
+    @abstractmethod
+    def evaluation_names(self) -> list[str]:
+        """Names `evaluate(only=...)` accepts."""
+
+    @abstractmethod
+    def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
+        """A report row of one evaluated model: column header -> formatted cell."""
+
+    @abstractmethod
+    def report_note(self) -> str:
+        """One sentence a report table opens with: what its columns measure."""

@@ -1,0 +1,220 @@
+"""Adversarial robustness: benign inputs contrasted with their adversarial versions.
+
+Contrast populations are the configured attacks (ART, crafted against the model at hand).
+Repair minimises cross-entropy on clean inputs and on adversarial inputs crafted against the
+model being repaired at that step, plus an optional consistency term that keeps the repaired
+units' outputs on an adversarial input close to their clean values (the idea of Dong et al.,
+"Towards Interpretable Deep Neural Networks by Leveraging Adversarial Examples"). Evaluation
+re-crafts every attack against the model evaluated (adaptive white-box for the gradient attacks;
+Square is gradient-free and exposes gradient masking); accuracy on adversarial examples crafted
+against another model (the original) is reported separately, as `transfer`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from ipg_gnn.attacks import Attack, seed_attack_rng
+from ipg_gnn.data import Images
+from ipg_gnn.objectives.base import Contrast, Contrasted, Objective
+from ipg_gnn.runs.keys import config_key, plain
+from ipg_gnn.targets import accuracy
+
+
+class AttackContrast(Contrast):
+    """Adversarial versions of the inputs under one attack."""
+
+    def __init__(self, name: str, attack: Attack, key: str) -> None:
+        super().__init__(name, key)
+        self.attack = attack
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> Contrasted:
+        seed_attack_rng(seed)
+        result = self.attack(model, x, y)
+        return Contrasted(result.x_adv, result.pred, result.success)
+
+
+class AdversarialLoss:
+    """Cross-entropy on clean and on freshly crafted adversarial inputs, plus the consistency
+    term on `units` (layer -> unit indices) when `consistency_weight` > 0."""
+
+    def __init__(
+        self,
+        attack: Attack,
+        units: Mapping[str, Sequence[int]],
+        seed: int,
+        clean_weight: float = 1.0,
+        adv_weight: float = 1.0,
+        consistency_weight: float = 0.0,
+    ) -> None:
+        if consistency_weight and not units:
+            raise ValueError("the consistency term needs the repaired units")
+        self.attack, self.units, self.seed = attack, units, seed
+        self.clean_weight, self.adv_weight = clean_weight, adv_weight
+        self.consistency_weight = consistency_weight
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def attach(self, model: nn.Module) -> Iterator[None]:
+        """Record the repaired units' outputs while the loss is in use (consistency term)."""
+        hooks = []
+        if self.consistency_weight:
+            for layer, idx in self.units.items():
+                index = torch.as_tensor(list(idx), dtype=torch.long)
+
+                def hook(module, args, out, layer=layer, index=index):
+                    self.outputs[layer] = out[:, index.to(out.device)]
+
+                hooks.append(model.get_submodule(layer).register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def __call__(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
+    ) -> torch.Tensor:
+        seed_attack_rng(self.seed + step - 1)
+        x_adv = self.attack(model, x, y).x_adv.to(x.device)
+        ce = nn.functional.cross_entropy
+        loss = self.clean_weight * ce(model(x), y)
+        clean_units = {k: v.detach() for k, v in self.outputs.items()}
+        loss = loss + self.adv_weight * ce(model(x_adv), y)
+        if self.consistency_weight and self.outputs:
+            loss = loss + self.consistency_weight * sum(
+                (self.outputs[k] - clean_units[k]).pow(2).mean() for k in self.outputs
+            )
+        return loss
+
+
+class Robustness(Objective):
+    """Benign vs adversarial inputs. `attacks`: attack configs (or built `Attack`s) by name
+    (contrast populations in train.py, the evaluation attacks in repair.py); `train_attack`:
+    the attack crafted at every repair step; `loss`: the repair loss's default settings (see
+    :class:`AdversarialLoss`)."""
+
+    reference = "benign"
+    noun = "attack"
+
+    def __init__(
+        self,
+        attacks: Mapping[str, Any],
+        train_attack: Any = None,
+        loss: Mapping[str, float] | None = None,
+    ) -> None:
+        self.attacks = {
+            n: a if isinstance(a, Attack) else instantiate(a, name=n) for n, a in attacks.items()
+        }
+        # Built attacks (from Python) are keyed by what they print: their ART settings.
+        self.keys = {
+            n: config_key(
+                {"attack": repr(a), "art": str(a.art_attack)} if isinstance(a, Attack) else plain(a)
+            )[:8]
+            for n, a in attacks.items()
+        }
+        self.train_attack: Attack | None = (
+            instantiate(train_attack) if isinstance(train_attack, DictConfig) else train_attack
+        )
+        self.loss = dict(loss or {})
+
+    def contrasts(self) -> dict[str, Contrast]:
+        return {n: AttackContrast(n, a, self.keys[n]) for n, a in self.attacks.items()}
+
+    def population_report(
+        self, reference: Mapping[str, torch.Tensor], contrasts: Mapping[str, Mapping]
+    ) -> dict[str, Any]:
+        def acc(meta: Mapping[str, torch.Tensor]) -> float:
+            return float((meta["pred"] == meta["true_label"]).float().mean())
+
+        return {
+            "n": len(reference["pred"]),
+            "adv_acc": {n: acc(m) for n, m in contrasts.items()},
+            "eps": {n: self.attacks[n].eps for n in contrasts},
+            "attack_success_rate": {
+                n: float(m["success"].float().mean()) for n, m in contrasts.items()
+            },
+            "clean_acc": acc(reference),
+        }
+
+    def format_population_report(self, report: Mapping[str, Any]) -> str:
+        lines = [
+            f"{'':10s} {'eps':>6s} {'accuracy':>9s}   (test split, n={report['n']})",
+            f"{'clean':10s} {'-':>6s} {report['clean_acc']:9.2%}",
+        ]
+        for name, acc in report["adv_acc"].items():
+            eps = report["eps"][name]
+            lines.append(f"{name:10s} {'-' if eps is None else f'{eps:.3g}':>6s} {acc:9.2%}")
+        return "\n".join(lines)
+
+    def population_metrics(self, report: Mapping[str, Any]) -> dict[str, float]:
+        return {
+            "test/clean_acc": report["clean_acc"],
+            **{f"test/adv_acc/{k}": v for k, v in report["adv_acc"].items()},
+        }
+
+    def repair_loss(
+        self, units: Mapping[str, Sequence[int]], seed: int, **settings
+    ) -> AdversarialLoss:
+        if self.train_attack is None:
+            raise ValueError("a robustness repair needs objective.train_attack")
+        return AdversarialLoss(self.train_attack, units, seed, **{**self.loss, **settings})
+
+    def evaluation_names(self) -> list[str]:
+        return list(self.attacks)
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        images: Images,
+        batch_size: int,
+        seed: int,
+        only: Sequence[str] | None = None,
+        transfer_from: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """Clean accuracy and accuracy under every attack re-crafted against `model` (each
+        attack's random start seeded with `seed`), plus accuracy on `transfer_from`."""
+        report: dict[str, Any] = {
+            "n": len(images),
+            "clean_acc": accuracy(model, images, batch_size),
+            "adv_acc": {},
+            "attack_success_rate": {},
+            "eps": {},
+        }
+        examples = {}
+        for name in only if only is not None else self.attacks:
+            result = self.contrasts()[name](model, images.x, images.y, seed)
+            examples[name] = result.x
+            report["adv_acc"][name] = float((result.pred == images.y).float().mean())
+            report["attack_success_rate"][name] = float(result.success.float().mean())
+            report["eps"][name] = self.attacks[name].eps
+        if transfer_from:
+            report["transfer_acc"] = {
+                name: accuracy(model, Images(x, images.y), batch_size)
+                for name, x in transfer_from.items()
+            }
+        return report, examples
+
+    def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
+        cells = {"clean": f"{result['clean_acc']:.2%}"}
+        attacks = list(result["adv_acc"])
+        if validation:
+            return cells | {a: f"{result['adv_acc'][a]:.2%}" for a in attacks}
+        transfer = result.get("transfer_acc", {})
+        cells |= {f"{a} (adaptive)": f"{result['adv_acc'][a]:.2%}" for a in attacks}
+        return cells | {
+            f"{a} (transfer)": f"{transfer[a]:.2%}" if a in transfer else "-" for a in attacks
+        }
+
+    def report_note(self) -> str:
+        return (
+            "Adaptive: attacks re-crafted against each model. Transfer: the original model's "
+            "adversarial examples."
+        )
