@@ -69,6 +69,25 @@ def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMetho
     return methods
 
 
+def repair_components(
+    cfg: DictConfig, run: TrainRun
+) -> tuple[Objective, dict[str, RepairMethod], Attributor]:
+    """The objective, the repair methods and the attributor, every setting checked before any
+    expensive work (bad names, overrides, evaluations and layers fail here)."""
+    objective = make_objective(cfg)
+    methods = make_methods(cfg, objective)
+    unknown = sorted(set(cfg.repair.val_evaluations) - set(objective.evaluation_names()))
+    if unknown:
+        raise ValueError(
+            f"repair.val_evaluations names {unknown}, not among the objective's evaluations "
+            f"({', '.join(objective.evaluation_names())})"
+        )
+    attributor: Attributor = build(cfg.explainer, "explainer")
+    example = run.splits.images(run.data, "repair").x[:1]
+    planned_layers(cfg, build_plan(run.model, example).weight_layers())
+    return objective, methods, attributor
+
+
 @dataclass
 class RepairSplitSource:
     """What an attributor may ask of the train run, built only when asked for: the repair
@@ -166,6 +185,57 @@ def make_repair_plan(
     return make_plan(attribution, topology, cfg.repair.level, layers, counts, provenance)
 
 
+@dataclass
+class Evaluation:
+    """The objective's evaluation of a model on the test split, plus the validation numbers
+    that settings are chosen on (`val_names` of the objective's evaluations)."""
+
+    objective: Objective
+    test: Images
+    val: Images
+    val_names: list[str]
+    batch_size: int
+    seed: int
+
+    def __call__(
+        self, model: nn.Module, transfer_from: Mapping | None = None
+    ) -> tuple[dict[str, Any], dict]:
+        report, examples = self.objective.evaluate(
+            model, self.test, self.batch_size, self.seed, transfer_from=transfer_from
+        )
+        report["val"], _ = self.objective.evaluate(
+            model, self.val, self.batch_size, self.seed, only=self.val_names
+        )
+        return report, examples
+
+
+def run_methods(
+    methods: Mapping[str, RepairMethod],
+    ctx: RepairContext,
+    evaluate: Evaluation,
+    original_examples: Mapping,
+    clock: StageClock,
+) -> tuple[dict[str, Any], nn.Module]:
+    """Every method's repaired model, evaluated (timed as `repair_<tag>`, `evaluate_<tag>`; a
+    method of several draws reports their mean, each draw under `draws`). Returns the results
+    and the targeted repair's model."""
+    results, targeted = {}, None
+    for name, method in methods.items():
+        draws = []
+        for d in range(method.draws):
+            tag = name if method.draws == 1 else f"{name}_{d}"
+            with clock(f"repair_{tag}"):
+                model, info = method(ctx, d)
+            info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
+            with clock(f"evaluate_{tag}"):
+                evaluation, _ = evaluate(model, transfer_from=original_examples)
+            log.info("%s: %s", tag, ctx.objective.columns(evaluation))
+            draws.append({**evaluation, **info})
+        results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
+        targeted = model if name == "targeted" else targeted
+    return results, targeted
+
+
 def finetune_curves(
     results: Mapping[str, Mapping],
     methods: Mapping[str, RepairMethod],
@@ -195,17 +265,8 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
-    objective = make_objective(cfg)
-    methods = make_methods(cfg, objective)
-    unknown = sorted(set(cfg.repair.val_evaluations) - set(objective.evaluation_names()))
-    if unknown:
-        raise ValueError(
-            f"repair.val_evaluations names {unknown}, not among the objective's evaluations "
-            f"({', '.join(objective.evaluation_names())})"
-        )
-    attributor: Attributor = build(cfg.explainer, "explainer")
+    objective, methods, attributor = repair_components(cfg, run)
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
-    planned_layers(cfg, build_plan(run.model, fine_tune.x[:1]).weight_layers())
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
     loggers = make_loggers(cfg)
     clock = StageClock()
@@ -230,47 +291,17 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     plot_plan(plan, out / "repair_plan.png")
 
     test = run.splits.images(run.data, "test")
-
-    def evaluate(model: nn.Module, **kw) -> tuple[dict[str, Any], dict]:
-        """Test-split evaluation, plus the validation numbers that settings are chosen on."""
-        report, examples = objective.evaluate(model, test, cfg.eval_batch_size, cfg.seed, **kw)
-        report["val"], _ = objective.evaluate(
-            model, val, cfg.eval_batch_size, cfg.seed, only=list(cfg.repair.val_evaluations)
-        )
-        return report, examples
-
+    val_names = list(cfg.repair.val_evaluations)
+    evaluate = Evaluation(objective, test, val, val_names, cfg.eval_batch_size, cfg.seed)
     with clock("evaluate_before"):
         before, original_examples = evaluate(run.model)
+    finetune = dict(cfg.repair.finetune)
     ctx = RepairContext(
-        run.model,
-        plan,
-        capture_plan,
-        fine_tune,
-        val,
-        objective,
-        dict(cfg.repair.finetune),
-        cfg.seed,
+        run.model, plan, capture_plan, fine_tune, val, objective, finetune, cfg.seed
     )
-    results = {}
-    for name, method in methods.items():
-        draws = []
-        for d in range(method.draws):
-            tag = name if method.draws == 1 else f"{name}_{d}"
-            with clock(f"repair_{tag}"):
-                model, info = method(ctx, d)
-            info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
-            with clock(f"evaluate_{tag}"):
-                evaluation, _ = evaluate(model, transfer_from=original_examples)
-            log.info("%s: %s", tag, objective.columns(evaluation))
-            draws.append({**evaluation, **info})
-        results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
-        if name == "targeted":
-            save_checkpoint(
-                out / "repaired.pt",
-                model,
-                target_arch(run.cfg, run.data),
-                {"plan": str(out / "repair_plan.json")},
-            )
+    results, repaired = run_methods(methods, ctx, evaluate, original_examples, clock)
+    arch = target_arch(run.cfg, run.data)
+    save_checkpoint(out / "repaired.pt", repaired, arch, {"plan": str(out / "repair_plan.json")})
     curves = finetune_curves(
         results, methods, ctx, before["val"]["clean_acc"], out / "finetune_curves.png"
     )

@@ -1,5 +1,5 @@
 """Repair plans: per layer, units and edges ranked by attribution, and the targets chosen."""
 
-from ipg_gnn.plan.repair_plan import LEVELS, PlanError, RepairPlan, make_plan, rank_layers
+from ipg_gnn.plan.repair_plan import Level, PlanError, RepairPlan, make_plan, rank_layers
 
-__all__ = ["LEVELS", "PlanError", "RepairPlan", "make_plan", "rank_layers"]
+__all__ = ["Level", "PlanError", "RepairPlan", "make_plan", "rank_layers"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,14 @@ import torch
 from ipg_gnn.explain import Attribution
 from ipg_gnn.graphs import Topology
 
-LEVELS = ("node", "edge")
+
+class Level(str, Enum):
+    """What a repair target is: a unit (its incoming weights and bias) or one weight (edge)."""
+
+    NODE = "node"
+    EDGE = "edge"
+
+
 REPAIRABLE = ("linear", "conv")
 
 
@@ -126,8 +134,9 @@ def make_plan(
 ) -> RepairPlan:
     """Choose the `k` top-ranked targets (per layer, or a count for each layer) of each layer in
     `layers` (default: every repairable layer with candidates at this level)."""
-    if level not in LEVELS:
-        raise PlanError(f"repair level must be one of {LEVELS}; got {level!r}")
+    if level not in tuple(Level):
+        raise PlanError(f"repair level must be one of {[v.value for v in Level]}; got {level!r}")
+    level = Level(level).value
     ranked = rank_layers(attribution, topology)
     pool_key = "units" if level == "node" else "edges"
     # By default every layer with candidates at this level: the first weight layer has no

@@ -14,6 +14,7 @@ from torch import nn
 
 from ipg_gnn.plan import PlanError, RepairPlan
 from ipg_gnn.provenance import Plan
+from ipg_gnn.runs.keys import model_fingerprint
 
 Masks = dict[str, torch.Tensor]
 
@@ -26,7 +27,9 @@ def _op(capture_plan: Plan, layer: str):
 
 
 def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: Plan) -> Masks:
-    """Masks allowing exactly the plan's targets to change."""
+    """Masks allowing exactly the plan's targets to change; a plan made for another model is
+    refused."""
+    plan.check_model(model_fingerprint(model))
     masks: Masks = {}
     for layer, targets in plan.targets.items():
         module = model.get_submodule(layer)
