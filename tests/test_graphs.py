@@ -10,6 +10,7 @@ from art.attacks.evasion import ProjectedGradientDescent
 from torch_geometric.loader import DataLoader
 
 from ipg_gnn.attacks import Attack
+from ipg_gnn.data import Images
 from ipg_gnn.graphs import (
     GraphStore,
     IPGDataset,
@@ -20,6 +21,7 @@ from ipg_gnn.graphs import (
 )
 from ipg_gnn.objectives import AttackContrast
 from ipg_gnn.provenance import CaptureConfig, IPGCapture
+from ipg_gnn.runs.io import ArtifactError
 from ipg_gnn.runs.keys import model_fingerprint
 from ipg_gnn.targets import MLP
 
@@ -103,9 +105,13 @@ def test_interrupted_build_resumes_without_duplicates_or_losses(setup, tmp_path,
             capturer, model, images, index, root / "s-pgd", "s", "pgd", pgd, 20, progress=False
         )
     store = GraphStore(root / "s-pgd")
-    assert sorted(p.name for p in store.directory.iterdir()) == ["manifest.json", "shard_00000.pt"]
+    assert sorted(p.name for p in store.directory.iterdir()) == [
+        "manifest.json",
+        "shard_00000.pt",
+        "shard_00000.sha256",
+    ]
     assert not store.complete()
-    with pytest.raises(IPGStoreError, match="unfinished"):
+    with pytest.raises(IPGStoreError, match=r"unfinished or damaged \(missing or bad: shard_00001"):
         store.load()
     monkeypatch.setattr(IPGCapture, "__call__", original)
     capturer, _ = prepare_capture(model, root, CaptureConfig(k=4), images.x[:30])
@@ -128,19 +134,41 @@ def test_other_model_and_other_settings_are_refused(setup, tmp_path):
     with pytest.raises(IPGStoreError, match="captured from model"):
         prepare_capture(other, tmp_path, CaptureConfig(k=4), images.x[:5])
     capturer, _ = prepare_capture(model, tmp_path, CaptureConfig(k=4), images.x[:5])
-    with pytest.raises(IPGStoreError, match="other settings"):
-        build_store(
-            capturer,
-            model,
-            images.subset(range(10)),
-            index[:10],
-            tmp_path / "s-benign",
-            "s",
-            "benign",
-            None,
-            shard_size=5,
-            progress=False,
-        )
     with pytest.raises(ValueError, match="empty"):
         build_store(capturer, model, images.subset([]), index[:0], tmp_path / "e", "e", "benign")
     assert Topology.load(tmp_path).node_table()[0] == ("net.1", 0)
+
+
+def test_stores_of_other_inputs_or_settings_and_damaged_files_are_rebuilt(setup, tmp_path):
+    model, images, index, _ = setup
+    part = images.subset(range(10))
+    capturer, _ = prepare_capture(model, tmp_path, CaptureConfig(k=4), images.x[:5])
+    store = GraphStore(tmp_path / "s-benign")
+
+    def build(inputs: Images, shard_size: int = 5) -> dict:
+        directory = store.directory
+        build_store(capturer, model, inputs, index[:10], directory, "s", "benign", None, shard_size)
+        return store.load()
+
+    first = build(part)
+    # Same settings, other inputs (every pixel inverted): rebuilt, never reused.
+    inverted = build(Images(1 - part.x, part.y))
+    assert not torch.equal(first["x"], inverted["x"])
+    # Other settings: rebuilt (one shard of 10; batched float32 sums may differ in the last bits).
+    torch.testing.assert_close(build(part, shard_size=10)["x"], first["x"])
+    assert store.manifest()["num_shards"] == 1
+    build(part)
+    shard = store.shard_path(1)
+    shard.write_bytes(shard.read_bytes()[:100])  # truncated
+    with pytest.raises(IPGStoreError, match="shard_00001.pt"):
+        store.load()
+    assert torch.equal(build(part)["x"], first["x"])  # the damaged shard is built again
+    store.manifest_path.write_text("{not json")
+    with pytest.raises(ArtifactError, match="manifest.json is damaged"):
+        store.manifest()
+    assert torch.equal(build(part)["x"], first["x"])
+    (tmp_path / "topology.pt").write_bytes(b"garbage")
+    with pytest.raises(ArtifactError, match="topology.pt is damaged"):
+        Topology.load(tmp_path)
+    prepare_capture(model, tmp_path, CaptureConfig(k=4), images.x[:5])  # chosen again
+    assert Topology.load(tmp_path).num_nodes == 410

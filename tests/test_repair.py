@@ -316,7 +316,7 @@ def test_repair_job_end_to_end(tmp_path):
         run_repair(bad)
     (tmp_path / "logs/train/r1/detector.pt").unlink()
     with pytest.raises(FileNotFoundError, match="has no detector"):
-        run_repair(compose_config("repair", tmp_path))
+        run_repair(compose_config("repair", tmp_path, [f"paths.output_dir={tmp_path}/run2"]))
 
 
 def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_capture(tmp_path):

@@ -63,12 +63,13 @@ def test_cached_checkpoint_is_reused_without_training(trained_default, monkeypat
 def test_changed_training_config_changes_cache_key(trained_default):
     cfg = trained_default["cfg"].copy()
     arch = target_arch(cfg, trained_default["data"])
-    key = target_cache_key(cfg, arch)
+    key = target_cache_key(cfg, arch, "data")
     cfg.target.train.epochs = 1
-    assert target_cache_key(cfg, arch) != key
+    assert target_cache_key(cfg, arch, "data") != key
     cfg = trained_default["cfg"].copy()
     cfg.trainer.enable_progress_bar = True
-    assert target_cache_key(cfg, arch) == key
+    assert target_cache_key(cfg, arch, "data") == key
+    assert target_cache_key(cfg, arch, "other data") != key
 
 
 def test_checkpoint_of_other_architecture_is_refused(tmp_path):

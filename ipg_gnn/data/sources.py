@@ -43,6 +43,15 @@ class Images:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return Images(self.x[idx], self.y[idx])
 
+    def fingerprint(self) -> str:
+        """A hash of the exact inputs and labels: artefacts built from them (a trained target,
+        IPG stores) carry it, so other data with the same config never reuses them."""
+        h = hashlib.blake2b(digest_size=8)
+        for t in (self.x, self.y):
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
 
 @dataclass(frozen=True)
 class ImageDataset:

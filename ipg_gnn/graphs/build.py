@@ -8,6 +8,7 @@ index), so a resumed build writes exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,11 @@ from ipg_gnn.data import Images
 from ipg_gnn.graphs.store import GraphStore, Topology
 from ipg_gnn.objectives import Contrast
 from ipg_gnn.provenance import CaptureConfig, IPGCapture
+from ipg_gnn.runs.io import ArtifactError
 from ipg_gnn.runs.keys import model_fingerprint
 from ipg_gnn.targets import predict
+
+log = logging.getLogger(__name__)
 
 
 def prepare_capture(
@@ -31,11 +35,15 @@ def prepare_capture(
     fingerprint = model_fingerprint(model)
     capturer = IPGCapture(model, calibration[:1], config)
     if (root / "topology.pt").is_file():
-        topology = Topology.load(root)
-        topology.check_model(fingerprint, root)
-        if topology.static_pairs is not None:
-            capturer.use_static_pairs(topology.static_pairs)
-        return capturer, topology
+        try:
+            topology = Topology.load(root)
+        except ArtifactError as e:
+            log.warning("%s; choosing the topology again", e)
+        else:
+            topology.check_model(fingerprint, root)
+            if topology.static_pairs is not None:
+                capturer.use_static_pairs(topology.static_pairs)
+            return capturer, topology
     if config.mode == "static":
         capturer.calibrate(calibration)
     topology = Topology.from_capture(capturer, fingerprint)
@@ -67,6 +75,7 @@ def build_store(
         "population": population,
         "contrast": contrast is not None,
         "settings": contrast.key if contrast else None,
+        "inputs": images.fingerprint(),
         "fingerprint": model_fingerprint(model),
         "seed": seed,
     }

@@ -14,6 +14,8 @@ so a shard file that exists is complete: an interrupted build resumes at the fir
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +25,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ipg_gnn.provenance import EDGE_FEATURES, NODE_FEATURES, CaptureConfig, IPGCapture
-from ipg_gnn.runs.io import atomic_save, atomic_write_text
+from ipg_gnn.runs.io import ArtifactError, atomic_save, atomic_write_text, checksum, read_checked
+
+log = logging.getLogger(__name__)
 
 
 class IPGStoreError(ValueError):
@@ -82,7 +86,11 @@ class Topology:
         path = Path(root) / "topology.pt"
         if not path.is_file():
             raise FileNotFoundError(f"no IPG topology at {path}; build the IPG datasets first")
-        d = torch.load(path, weights_only=False)
+        d = read_checked(
+            path,
+            lambda f: torch.load(f, weights_only=False),
+            "delete it (and the stores beside it) and build the IPG datasets again",
+        )
         return cls(
             d["fingerprint"],
             CaptureConfig(**d["config"]),
@@ -103,7 +111,12 @@ class Topology:
 
 @dataclass
 class GraphStore:
-    """A directory of shards holding the graphs of one split and one population."""
+    """A directory of shards holding the graphs of one split and one population.
+
+    The manifest records what the store was built from (settings, the fingerprint of its
+    inputs); each shard has a checksum file written after it, so a truncated or damaged shard is
+    seen as missing and built again, and a store of other inputs or settings is rebuilt, never
+    reused (it is a cache entry)."""
 
     directory: Path
 
@@ -114,15 +127,30 @@ class GraphStore:
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
             raise FileNotFoundError(f"no IPG store at {self.directory}")
-        return json.loads(self.manifest_path.read_text())
+        return read_checked(
+            self.manifest_path,
+            lambda f: json.loads(f.read_text()),
+            "delete the store's directory and build it again",
+        )
 
     def shard_path(self, i: int) -> Path:
         return self.directory / f"shard_{i:05d}.pt"
 
+    def _checksum_path(self, i: int) -> Path:
+        return self.directory / f"shard_{i:05d}.sha256"
+
+    def intact(self, i: int) -> bool:
+        """Shard `i` exists and matches the checksum written after it."""
+        shard, recorded = self.shard_path(i), self._checksum_path(i)
+        return shard.is_file() and recorded.is_file() and recorded.read_text() == checksum(shard)
+
+    def damaged(self) -> list[Path]:
+        """The shards that are missing or do not match their checksum."""
+        n = self.manifest()["num_shards"]
+        return [self.shard_path(i) for i in range(n) if not self.intact(i)]
+
     def complete(self) -> bool:
-        if not self.manifest_path.is_file():
-            return False
-        return all(self.shard_path(i).is_file() for i in range(self.manifest()["num_shards"]))
+        return self.manifest_path.is_file() and not self.damaged()
 
     def build(
         self,
@@ -133,8 +161,10 @@ class GraphStore:
         progress: bool = True,
         desc: str = "IPGs",
     ) -> GraphStore:
-        """Write the shards that are missing. `make_shard(i, items)` returns shard `i`'s tensors.
-        A store begun with other settings is refused rather than mixed."""
+        """Write the shards that are missing or damaged. `make_shard(i, items)` returns shard
+        `i`'s tensors. A store begun with other settings or inputs is rebuilt from scratch."""
+        if shard_size < 1:
+            raise ValueError(f"ipg.shard_size must be >= 1; got {shard_size}")
         num_shards = -(-num_items // shard_size)
         manifest = {
             **meta,
@@ -143,26 +173,32 @@ class GraphStore:
             "num_shards": num_shards,
         }
         if self.manifest_path.is_file():
-            old = self.manifest()
-            if old != manifest:
-                raise IPGStoreError(
-                    f"{self.directory} holds a build with other settings "
-                    f"({old}); delete it to rebuild"
+            try:
+                stale = self.manifest() != manifest
+            except ArtifactError:
+                stale = True
+            if stale:
+                log.warning(
+                    "%s holds graphs of other settings or inputs: rebuilding", self.directory
                 )
-        else:
+                shutil.rmtree(self.directory)
+        if not self.manifest_path.is_file():
             atomic_write_text(json.dumps(manifest, indent=2), self.manifest_path)
-        todo = [i for i in range(num_shards) if not self.shard_path(i).is_file()]
+        todo = [i for i in range(num_shards) if not self.intact(i)]
         for i in tqdm(todo, desc=desc, disable=not progress or not todo, leave=False):
             items = slice(i * shard_size, min(num_items, (i + 1) * shard_size))
             atomic_save(make_shard(i, items), self.shard_path(i))
+            atomic_write_text(checksum(self.shard_path(i)), self._checksum_path(i))
         return self
 
     def load(self) -> dict[str, torch.Tensor]:
-        """All shards concatenated, checked against the manifest."""
+        """All shards concatenated, checked against the manifest and their checksums."""
         manifest = self.manifest()
-        if not self.complete():
+        damaged = self.damaged()
+        if damaged:
             raise IPGStoreError(
-                f"{self.directory} is an unfinished build; run the build again to resume it"
+                f"{self.directory} is unfinished or damaged (missing or bad: "
+                f"{', '.join(p.name for p in damaged)}); run the build again to rebuild them"
             )
         shards = [
             torch.load(self.shard_path(i), weights_only=True) for i in range(manifest["num_shards"])

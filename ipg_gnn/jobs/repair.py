@@ -31,12 +31,12 @@ from ipg_gnn.plan.plot import plot_plan
 from ipg_gnn.provenance import build_plan
 from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target
 from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
-from ipg_gnn.runs.checkpoints import load_checkpoint, save_checkpoint
+from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.run_dir import RunRecord, claim
 from ipg_gnn.runs.tracking import StageClock, make_loggers, publish
 from ipg_gnn.runs.train_run import (
     TrainRun,
-    detector_arch,
     latest_train_run,
     load_train_run,
     target_arch,
@@ -134,14 +134,8 @@ class RepairSplitSource:
         return ipg_dataset(ipgs, "repair", [contrast])
 
     def detector(self, num_nodes: int) -> nn.Module:
-        path = self.run.directory / "detector.pt"
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"{self.run.directory} has no detector (detector.pt): run train.py to the end "
-                "before repair.py, or use explainer=flow_difference, which needs none"
-            )
-        self.used_detector = path
-        return load_checkpoint(path, detector_arch(self.run.cfg, num_nodes))
+        self.used_detector = self.run.directory / "detector.pt"
+        return self.run.detector(num_nodes)
 
 
 def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:
@@ -258,16 +252,30 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
     `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}` and
     `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
     run = load_train_run(train_dir)
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
-    objective, methods, attributor = repair_components(cfg, run)
+    components = repair_components(cfg, run)
+    out = Path(cfg.paths.output_dir)
+    with claim(out, "repair", cfg) as record:
+        report = _repair(cfg, run, components, out, record)
+        record.finish()
+    return report
+
+
+def _repair(
+    cfg: DictConfig,
+    run: TrainRun,
+    components: tuple[Objective, dict[str, RepairMethod], Attributor],
+    out: Path,
+    record: RunRecord,
+) -> dict[str, Any]:
+    objective, methods, attributor = components
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
+    record.add("repair_config.yaml")
     loggers = make_loggers(cfg)
     clock = StageClock()
 
@@ -282,7 +290,8 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
         topology,
         capture_plan,
         {
-            "train_dir": str(train_dir),
+            "train_dir": str(run.directory),
+            "train_run": run.record.run_id,
             "detector": source.used_detector and str(source.used_detector),
             "explainer_contrast": attributor.contrast,
         },
@@ -306,7 +315,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
         results, methods, ctx, before["val"]["clean_acc"], out / "finetune_curves.png"
     )
     report = {
-        "train_dir": str(train_dir),
+        "train_dir": str(run.directory),
         "n_test": len(test),
         "before": before,
         "after": results.pop("targeted"),
@@ -320,5 +329,6 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     }
     atomic_write_text(json.dumps(report, indent=2), out / "repair_report.json")
     atomic_write_text(markdown_report(report, objective), out / "repair_report.md")
+    record.add("repair_plan.json", "repaired.pt", "repair_report.json")
     publish(loggers, flat_metrics(report), [out / "repair_plan.png", curves])
     return report

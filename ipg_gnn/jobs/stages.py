@@ -32,7 +32,7 @@ from ipg_gnn.objectives import Objective
 from ipg_gnn.provenance import CaptureConfig
 from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
 from ipg_gnn.runs.checkpoints import build_model, load_checkpoint, save_checkpoint
-from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.io import ArtifactError, atomic_write_text
 from ipg_gnn.runs.keys import ipg_cache_key, model_fingerprint, plain, target_cache_key
 from ipg_gnn.runs.tracking import StageClock
 from ipg_gnn.runs.train_run import detector_arch, run_dataset, target_arch
@@ -82,17 +82,23 @@ def obtain_target(
     if cfg.target.checkpoint:
         path = Path(cfg.target.checkpoint)
         return load_checkpoint(path, arch), {"checkpoint": str(path), "origin": "checkpoint"}
-    path = Path(cfg.paths.cache_dir) / "targets" / f"{target_cache_key(cfg, arch)}.pt"
+    training_set = objective.training_set(splits.images(data, "target_train"), cfg.seed)
+    key = target_cache_key(cfg, arch, training_set.fingerprint())
+    path = Path(cfg.paths.cache_dir) / "targets" / f"{key}.pt"
     if path.is_file():
-        log.info("reusing cached target %s", path)
-        return load_checkpoint(path, arch), {"checkpoint": str(path), "origin": "cache"}
+        try:
+            model = load_checkpoint(path, arch)
+            log.info("reusing cached target %s", path)
+            return model, {"checkpoint": str(path), "origin": "cache"}
+        except ArtifactError as e:
+            log.warning("%s; training the target again", e)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     model = build_model(arch)
     train = cfg.target.train
     trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=train.epochs, logger=loggers or False)
     model = train_target(
         model,
-        objective.training_set(splits.images(data, "target_train"), cfg.seed),
+        training_set,
         trainer,
         batch_size=train.batch_size,
         lr=train.lr,
@@ -119,10 +125,11 @@ def build_ipg_datasets(
     population."""
     config: CaptureConfig = instantiate(cfg.ipg.capture)
     fingerprint = model_fingerprint(model)
-    root = Path(cfg.paths.cache_dir) / "ipg" / f"{fingerprint}-{ipg_cache_key(cfg)}"
     pool = splits.images(data, "ipg_train")
     rng = np.random.default_rng(cfg.seed)
     calibration = pool.subset(np.sort(rng.permutation(len(pool))[: cfg.ipg.calibration_size]))
+    key = ipg_cache_key(cfg, calibration.fingerprint())
+    root = Path(cfg.paths.cache_dir) / "ipg" / f"{fingerprint}-{key}"
     capturer, _ = prepare_capture(model, root, config, calibration.x)
     chosen = objective.contrasts()
     unknown = sorted(set(contrasts or []) - set(chosen))

@@ -20,6 +20,7 @@ from ipg_gnn.jobs.stages import (
 )
 from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.run_dir import RunRecord, claim
 from ipg_gnn.runs.tracking import StageClock, make_loggers, publish
 from ipg_gnn.runs.train_run import TRAIN_CONFIG, target_arch
 
@@ -28,7 +29,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Writes into `paths.output_dir`: `train_config.yaml`, `splits.*`, `target.pt`,
     `attack_report.json` (the objective's numbers on the test split), `ipg_datasets.json`,
     example IPG pictures, `detector.pt`, `detector_report.{json,md}`, `roc_curves.png` and
-    `transfer_auroc.png`; sends the numbers to the loggers. Returns the reports."""
+    `transfer_auroc.png`, indexed with their checksums in `run.json` (the directory belongs to
+    this run); sends the numbers to the loggers. Returns the reports."""
     missing = [s for s in DETECTOR_SPLITS if s not in cfg.ipg.splits]
     if missing:
         raise ValueError(
@@ -36,7 +38,13 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             f"selects and tests on them); missing {', '.join(missing)}"
         )
     out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim(out, "train", cfg) as record:
+        result = _train(cfg, out, record)
+        record.finish()
+    return result
+
+
+def _train(cfg: DictConfig, out: Path, record: RunRecord) -> dict[str, Any]:
     OmegaConf.save(cfg, out / TRAIN_CONFIG, resolve=True)
     objective = make_objective(cfg)
     loggers = make_loggers(cfg)
@@ -46,6 +54,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     with clock("target"):
         model, origin = obtain_target(cfg, data, splits, objective, loggers)
     save_checkpoint(out / "target.pt", model, target_arch(cfg, data), origin)
+    record.add(TRAIN_CONFIG, "splits.npz", "splits.json", "target.pt")
     with clock("ipg_datasets"):
         ipgs = build_ipg_datasets(cfg, model, data, splits, objective)
     atomic_write_text(json.dumps(ipgs, indent=2), out / "ipg_datasets.json")
@@ -57,6 +66,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     }
     atomic_write_text(json.dumps(report, indent=2), out / "attack_report.json")
     detection, plots = run_detection(cfg, ipgs, objective, out, loggers, clock)
+    record.add("ipg_datasets.json", "attack_report.json", "detector.pt", "detector_report.json")
     per = detection[f"per_{objective.noun}"]
     metrics = {
         **objective.population_metrics(report),

@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from ipg_gnn.runs.io import atomic_save
+from ipg_gnn.runs.io import atomic_save, read_checked
 
 
 class CheckpointMismatchError(ValueError):
@@ -39,12 +39,19 @@ def save_checkpoint(
     )
 
 
-def load_checkpoint(path: str | Path, arch: Mapping[str, Any]) -> nn.Module:
-    """Build the model of `arch` and load `path` into it; refuse a checkpoint of another arch."""
+def load_checkpoint(
+    path: str | Path,
+    arch: Mapping[str, Any],
+    remedy: str = "delete it and run again to rebuild it",
+) -> nn.Module:
+    """Build the model of `arch` and load `path` into it; refuse a checkpoint of another arch;
+    a damaged file is an `ArtifactError` naming it and `remedy`."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = read_checked(
+        path, lambda f: torch.load(f, map_location="cpu", weights_only=True), remedy
+    )
     if not isinstance(ckpt, dict) or "arch" not in ckpt or "state_dict" not in ckpt:
         raise CheckpointMismatchError(f"{path} is not an ipg-gnn checkpoint")
     if ckpt["arch"] != dict(arch):

@@ -8,13 +8,21 @@ file (a temporary file alone would be private), so a cache can be shared by a te
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
+
+
+class ArtifactError(ValueError):
+    """A file the project wrote is damaged, or belongs with other files than it is used with;
+    the message names the file and what to do."""
 
 
 def _umask() -> int:
@@ -47,3 +55,24 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 def atomic_write_text(text: str, path: str | Path) -> Path:
     """A text file (UTF-8), atomically."""
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def checksum(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_checked(path: str | Path, read: Callable[[Path], T], remedy: str) -> T:
+    """`read(path)`, with any failure to parse the file (truncated, corrupt, not the format)
+    reported as an :class:`ArtifactError` naming the file and `remedy`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; {remedy}")
+    try:
+        return read(path)
+    except Exception as e:  # torch, numpy and json each raise their own kinds
+        raise ArtifactError(f"{path} is damaged ({type(e).__name__}: {e}); {remedy}") from e

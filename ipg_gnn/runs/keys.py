@@ -29,7 +29,7 @@ _COSMETIC_TRAINER_KEYS = (
 
 
 # Bumped whenever what a graph store holds changes, so stores of an older layout are rebuilt.
-IPG_STORE_LAYOUT = 2
+IPG_STORE_LAYOUT = 3
 
 
 def plain(node: Any) -> Any:
@@ -59,8 +59,9 @@ def source_identity(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in plain(cfg.dataset.source).items() if k not in _LOCATION_KEYS}
 
 
-def target_cache_key(cfg: DictConfig, arch: Mapping[str, Any]) -> str:
-    """Hash of everything that shapes the target's weights."""
+def target_cache_key(cfg: DictConfig, arch: Mapping[str, Any], data: str) -> str:
+    """Hash of everything that shapes the target's weights; `data` is the fingerprint of the
+    exact training set (inputs and labels)."""
     trainer = {
         k: v
         for k, v in OmegaConf.to_container(cfg.trainer).items()
@@ -74,15 +75,18 @@ def target_cache_key(cfg: DictConfig, arch: Mapping[str, Any]) -> str:
             "split": plain(cfg.split),
             "trainer": trainer,
             "seed": cfg.seed,
+            "data": data,
         }
     )
 
 
-def ipg_cache_key(cfg: DictConfig) -> str:
-    """Hash of everything that shapes a run's IPG stores besides the model (whose fingerprint
-    names the stores' root too)."""
+def ipg_cache_key(cfg: DictConfig, calibration: str) -> str:
+    """Hash of everything that shapes a run's IPG topology besides the model (whose fingerprint
+    names the stores' root too); `calibration` is the fingerprint of the inputs that chose the
+    static edges. Each store also records the fingerprint of its own inputs."""
     return config_key(
         {
+            "calibration_inputs": calibration,
             "layout": IPG_STORE_LAYOUT,
             "capture": plain(cfg.ipg.capture),
             "calibration": cfg.ipg.calibration_size,

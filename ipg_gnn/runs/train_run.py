@@ -13,10 +13,13 @@ from torch import nn
 
 from ipg_gnn.data import ImageDataset, Splits
 from ipg_gnn.runs.checkpoints import load_checkpoint
+from ipg_gnn.runs.io import ArtifactError, read_checked
 from ipg_gnn.runs.keys import plain
+from ipg_gnn.runs.run_dir import RUN_INDEX, RunRecord, read_record
 
 TRAIN_CONFIG = "train_config.yaml"
 _TRAIN_RUN_FILES = (TRAIN_CONFIG, "splits.npz", "splits.json", "target.pt")
+_RERUN = "run train.py again into a new directory"
 
 
 def target_arch(cfg: DictConfig, data: ImageDataset) -> dict[str, Any]:
@@ -48,30 +51,57 @@ class TrainRun:
     data: ImageDataset
     splits: Splits
     model: nn.Module
+    record: RunRecord
+
+    def detector(self, num_nodes: int) -> nn.Module:
+        """The run's GNN detector, checked to be the one this run trained."""
+        path = self.directory / "detector.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{self.directory} has no detector (detector.pt): run train.py to the end "
+                "before repair.py, or use explainer=flow_difference, which needs none"
+            )
+        self.record.verify(("detector.pt",), _RERUN)
+        return load_checkpoint(path, detector_arch(self.cfg, num_nodes), _RERUN)
+
+
+def _finished(index: Path) -> bool:
+    try:
+        return read_record(index.parent).complete
+    except (ArtifactError, TypeError):
+        return False
 
 
 def latest_train_run(log_dir: str | Path) -> Path:
-    """The most recent run directory under `<log_dir>/train/` (single runs and multirun jobs)."""
+    """The most recent finished run directory under `<log_dir>/train/` (single runs and
+    multirun jobs); unfinished or damaged runs are passed over."""
     runs = sorted(
-        (Path(log_dir) / "train").glob("**/" + TRAIN_CONFIG), key=lambda p: p.stat().st_mtime
+        (p for p in (Path(log_dir) / "train").glob("**/" + RUN_INDEX) if _finished(p)),
+        key=lambda p: p.stat().st_mtime,
     )
     if not runs:
         raise FileNotFoundError(
-            f"no train.py run under {Path(log_dir).resolve() / 'train'}; "
+            f"no finished train.py run under {Path(log_dir).resolve() / 'train'}; "
             "run `python train.py` first or pass train_dir=<run dir>"
         )
     return runs[-1].parent
 
 
 def load_train_run(directory: str | Path) -> TrainRun:
-    """Load a `train.py` run directory; a clear error says what is missing."""
+    """Load a finished `train.py` run directory whose files are the ones that run wrote; a
+    clear error names what is missing, unfinished or changed."""
     directory = Path(directory)
-    missing = [f for f in _TRAIN_RUN_FILES if not (directory / f).is_file()]
+    missing = [f for f in (*_TRAIN_RUN_FILES, RUN_INDEX) if not (directory / f).is_file()]
     if missing:
         raise FileNotFoundError(
             f"{directory} is not a complete train.py run: missing {', '.join(missing)}"
         )
+    record = read_record(directory)
+    if record.task != "train" or not record.complete:
+        raise ArtifactError(f"{directory} holds an unfinished {record.task} run; {_RERUN}")
+    record.verify(_TRAIN_RUN_FILES, _RERUN)
     cfg = OmegaConf.load(directory / TRAIN_CONFIG)
     data = run_dataset(cfg)
-    model = load_checkpoint(directory / "target.pt", target_arch(cfg, data))
-    return TrainRun(directory, cfg, data, Splits.load(directory), model)
+    model = load_checkpoint(directory / "target.pt", target_arch(cfg, data), _RERUN)
+    splits = read_checked(directory / "splits.npz", lambda f: Splits.load(f.parent), _RERUN)
+    return TrainRun(directory, cfg, data, splits, model, record)
