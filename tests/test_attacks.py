@@ -8,7 +8,7 @@ import pytest
 import torch
 from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
 
-from ipg_gnn.attacks import Attack
+from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.objectives import Robustness
 from ipg_gnn.targets import accuracy, predict
 from tests.conftest import ROOT, compose_config
@@ -83,3 +83,24 @@ def test_seeded_evaluation_is_reproducible(trained_default, test_images):
     first, _ = objective.evaluate(model, test_images, batch_size=100, seed=3)
     again, _ = objective.evaluate(model, test_images, batch_size=100, seed=3)
     assert first == again and 0 < first["adv_acc"]["pgd"] < first["clean_acc"]
+
+
+def test_robust_accuracy_is_the_per_input_and_over_attacks_and_ensemble(trained_default):
+    from ipg_gnn.attacks import robust_accuracy
+
+    model = trained_default["model"]
+    images = trained_default["splits"].images(trained_default["data"], "test").subset(range(60))
+    attacks = {"fgsm": pgd(0.05).with_params(max_iter=1), "pgd": pgd(0.05)}
+    ensemble = {"pgd_strong": pgd(0.08)}
+    report, _ = Robustness(attacks, ensemble=ensemble).evaluate(model, images, 100, seed=4)
+    by_hand = predict(model, images.x) == images.y
+    for attack in attacks.values():
+        seed_attack_rng(4)
+        by_hand &= attack(model, images.x, images.y).pred == images.y
+    survivors = by_hand.nonzero().flatten()
+    by_hand[survivors] = robust_accuracy(
+        model, images.x[survivors], images.y[survivors], ensemble, seed=4
+    ).robust
+    assert report["robust_acc"] == pytest.approx(float(by_hand.float().mean()))
+    assert report["robust_acc"] < min(report["adv_acc"].values())  # the ensemble adds to it
+    assert report["ensemble"]["attacked"] == len(survivors)

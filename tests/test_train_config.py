@@ -47,6 +47,10 @@ def test_train_job_end_to_end_with_offline_wandb(tmp_path):
     adv = test.tensors["is_contrast"] & (test.tensors["population_id"] == 1)
     expected = float((test.tensors["pred"][adv] == test.tensors["true_label"][adv]).float().mean())
     assert attack["adv_acc"]["fgsm"] == pytest.approx(expected)
+    # Robust: right on the clean input and under every attack (stores share the input order).
+    right = (test.tensors["pred"] == test.tensors["true_label"]).view(3, 40)
+    assert attack["robust_acc"] == pytest.approx(float(right.all(0).float().mean()))
+    assert attack["robust_acc"] <= min(attack["adv_acc"].values())
     det = json.loads((run / "detector_report.json").read_text())
     assert det == report["detection"]
     for key in ("auroc", "accuracy", "tpr_at_5fpr"):

@@ -82,6 +82,20 @@ class Attack:
     def __repr__(self) -> str:
         return f"Attack({self.name!r}, eps={self.eps})"
 
+    def with_params(self, **art_params) -> Attack:
+        """A copy whose ART attack gets `art_params` in place of its configured ones (e.g. another
+        eps or max_iter), for sweeps over a configured attack."""
+        if not isinstance(self.art_attack, functools.partial):
+            raise TypeError(f"{self.name}: with_params needs the ART attack as a functools.partial")
+        art = self.art_attack
+        return Attack(
+            self.name,
+            functools.partial(art.func, *art.args, **{**art.keywords, **art_params}),
+            self.batch_size,
+            self.clip_values,
+            self.progress,
+        )
+
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         """Craft adversarial versions of `x` (labels `y`) against `model`, batch by batch."""
         if len(x) != len(y):

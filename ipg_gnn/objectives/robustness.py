@@ -8,6 +8,11 @@ units' outputs on an adversarial input close to their clean values (the idea of 
 re-crafts every attack against the model evaluated (adaptive white-box for the gradient attacks;
 Square is gradient-free and exposes gradient masking); accuracy on adversarial examples crafted
 against another model (the original) is reported separately, as `transfer`.
+
+The headline is **robust accuracy**: the fraction of inputs that the model gets right and that no
+configured attack fools (the per-input worst case; AutoAttack, RobustBench), over the report's
+attacks and, in an evaluation, the `ensemble` (`robust_eval`: APGD-CE, APGD-DLR with restarts,
+Square) run as a cascade on the inputs still standing. Each attack's own accuracy stays beside it.
 """
 
 from __future__ import annotations
@@ -21,11 +26,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from ipg_gnn.attacks import Attack, seed_attack_rng
+from ipg_gnn.attacks import Attack, robust_accuracy, seed_attack_rng
 from ipg_gnn.data import Images
 from ipg_gnn.objectives.base import Contrast, Contrasted, Objective
 from ipg_gnn.runs.keys import config_key, plain
-from ipg_gnn.targets import accuracy
+from ipg_gnn.targets import accuracy, predict
 
 
 class AttackContrast(Contrast):
@@ -97,7 +102,8 @@ class AdversarialLoss:
 
 class Robustness(Objective):
     """Benign vs adversarial inputs. `attacks`: attack configs (or built `Attack`s) by name
-    (contrast populations in train.py, the evaluation attacks in repair.py); `train_attack`:
+    (contrast populations in train.py, the evaluation attacks in repair.py); `ensemble`: the
+    attacks robust accuracy is also taken over in an evaluation (`robust_eval`); `train_attack`:
     the attack crafted at every repair step; `loss`: the repair loss's default settings (see
     :class:`AdversarialLoss`)."""
 
@@ -107,9 +113,14 @@ class Robustness(Objective):
     def __init__(
         self,
         attacks: Mapping[str, Any],
+        ensemble: Mapping[str, Any] | None = None,
         train_attack: Any = None,
         loss: Mapping[str, float] | None = None,
     ) -> None:
+        self.ensemble = {
+            n: a if isinstance(a, Attack) else instantiate(a, name=n)
+            for n, a in (ensemble or {}).items()
+        }
         self.attacks = {
             n: a if isinstance(a, Attack) else instantiate(a, name=n) for n, a in attacks.items()
         }
@@ -131,11 +142,20 @@ class Robustness(Objective):
     def population_report(
         self, reference: Mapping[str, torch.Tensor], contrasts: Mapping[str, Mapping]
     ) -> dict[str, Any]:
-        def acc(meta: Mapping[str, torch.Tensor]) -> float:
-            return float((meta["pred"] == meta["true_label"]).float().mean())
+        def correct(meta: Mapping[str, torch.Tensor]) -> torch.Tensor:
+            if not torch.equal(meta["source_index"], reference["source_index"]):
+                raise ValueError("the populations' stores hold other inputs or another order")
+            return meta["pred"] == meta["true_label"]
 
+        def acc(meta: Mapping[str, torch.Tensor]) -> float:
+            return float(correct(meta).float().mean())
+
+        robust = correct(reference)
+        for meta in contrasts.values():
+            robust &= correct(meta)
         return {
             "n": len(reference["pred"]),
+            "robust_acc": float(robust.float().mean()),
             "adv_acc": {n: acc(m) for n, m in contrasts.items()},
             "eps": {n: self.attacks[n].eps for n in contrasts},
             "attack_success_rate": {
@@ -152,11 +172,13 @@ class Robustness(Objective):
         for name, acc in report["adv_acc"].items():
             eps = report["eps"][name]
             lines.append(f"{name:10s} {'-' if eps is None else f'{eps:.3g}':>6s} {acc:9.2%}")
+        lines.append(f"{'robust':10s} {'':>6s} {report['robust_acc']:9.2%}   (no attack fools it)")
         return "\n".join(lines)
 
     def population_metrics(self, report: Mapping[str, Any]) -> dict[str, float]:
         return {
             "test/clean_acc": report["clean_acc"],
+            "test/robust_acc": report["robust_acc"],
             **{f"test/adv_acc/{k}": v for k, v in report["adv_acc"].items()},
         }
 
@@ -179,8 +201,10 @@ class Robustness(Objective):
         only: Sequence[str] | None = None,
         transfer_from: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """Clean accuracy and accuracy under every attack re-crafted against `model` (each
-        attack's random start seeded with `seed`), plus accuracy on `transfer_from`."""
+        """Clean accuracy, accuracy under every attack re-crafted against `model` (each
+        attack's random start seeded with `seed`) and robust accuracy (the per-input worst case
+        over them and, unless `only` picks a few, the ensemble), plus accuracy on
+        `transfer_from`."""
         report: dict[str, Any] = {
             "n": len(images),
             "clean_acc": accuracy(model, images, batch_size),
@@ -189,12 +213,22 @@ class Robustness(Objective):
             "eps": {},
         }
         examples = {}
+        robust = predict(model, images.x, batch_size) == images.y
         for name in only if only is not None else self.attacks:
             result = self.contrasts()[name](model, images.x, images.y, seed)
             examples[name] = result.x
+            robust &= result.pred == images.y
             report["adv_acc"][name] = float((result.pred == images.y).float().mean())
             report["attack_success_rate"][name] = float(result.success.float().mean())
             report["eps"][name] = self.attacks[name].eps
+        if self.ensemble and only is None:
+            survivors = robust.nonzero().flatten()
+            if len(survivors):
+                x, y = images.x[survivors], images.y[survivors]
+                ensemble = robust_accuracy(model, x, y, self.ensemble, seed)
+                robust[survivors] = ensemble.robust
+                report["ensemble"] = {**ensemble.summary(), "attacked": len(survivors)}
+        report["robust_acc"] = float(robust.float().mean())
         if transfer_from:
             report["transfer_acc"] = {
                 name: accuracy(model, Images(x, images.y), batch_size)
@@ -203,7 +237,7 @@ class Robustness(Objective):
         return report, examples
 
     def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
-        cells = {"clean": f"{result['clean_acc']:.2%}"}
+        cells = {"clean": f"{result['clean_acc']:.2%}", "robust": f"{result['robust_acc']:.2%}"}
         attacks = list(result["adv_acc"])
         if validation:
             return cells | {a: f"{result['adv_acc'][a]:.2%}" for a in attacks}
@@ -214,7 +248,10 @@ class Robustness(Objective):
         }
 
     def report_note(self) -> str:
+        ensemble = ", ".join(self.ensemble) or "none"
         return (
-            "Adaptive: attacks re-crafted against each model. Transfer: the original model's "
-            "adversarial examples."
+            "Robust: inputs no attack fools (per-input worst case over the attacks below and the "
+            f"ensemble: {ensemble}; on validation, over the validation attacks). Adaptive: "
+            "attacks re-crafted against each model. Transfer: the original model's adversarial "
+            "examples."
         )
