@@ -40,7 +40,8 @@ def test_pgd_eps_0_1_drops_accuracy_below_30_percent(trained_default, test_image
     assert (result.x_adv - test_images.x).abs().max() <= 0.1 + 1e-6
     assert 0.0 <= float(result.x_adv.min()) and float(result.x_adv.max()) <= 1.0
     assert torch.equal(result.pred, predict(model, result.x_adv))
-    assert torch.equal(result.success, result.pred != test_images.y)
+    right_before = predict(model, test_images.x) == test_images.y
+    assert torch.equal(result.success, right_before & (result.pred != test_images.y))
 
 
 def test_eps_zero_changes_nothing(trained_default, test_images):
@@ -48,6 +49,7 @@ def test_eps_zero_changes_nothing(trained_default, test_images):
     result = pgd(0.0)(model, test_images.x, test_images.y)
     assert torch.equal(result.x_adv, test_images.x)
     assert torch.equal(result.pred, predict(model, test_images.x))
+    assert not result.success.any()  # inputs the model already gets wrong are no successes
 
 
 def test_attack_reports_eps_and_rejects_bad_input(trained_default, test_images):

@@ -67,7 +67,8 @@ def test_built_dataset_loads_with_pyg_and_carries_metadata(setup, tmp_path):
     assert g.x.shape == (410, 4) and g.edge_attr.shape == (4 * (50 + 10), 2)
     assert int(g.source_index) == int(index[10]) and int(g.true_label) == int(images.y[10])
     t = ds.tensors
-    assert torch.equal(t["success"], t["is_contrast"] & (t["pred"] != t["true_label"]))
+    right = torch.cat([t["pred"][:50], t["pred"][:50]]) == t["true_label"]  # before the attack
+    assert torch.equal(t["success"], t["is_contrast"] & right & (t["pred"] != t["true_label"]))
     assert float(t["success"][50:].float().mean()) > 0.8  # PGD at eps 0.15 fools the MLP
     # Benign and adversarial graphs of one input differ, on the same topology.
     assert not torch.allclose(ds[10].x, ds[60].x)

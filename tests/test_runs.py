@@ -90,3 +90,31 @@ def test_the_target_cache_is_keyed_on_the_data_and_a_damaged_entry_is_retrained(
     assert origin["origin"] == "trained" and torch.equal(
         model.net[1].weight, d["model"].net[1].weight
     )
+
+
+@pytest.mark.parametrize(
+    "task,override,key",
+    [
+        ("train", "dataset.eps=5", "dataset.eps"),
+        ("train", "dataset.eps=0", "dataset.eps"),
+        ("train", "ipg.shard_size=0", "ipg.shard_size"),
+        ("train", "target.train.batch_size=0", "target.train.batch_size"),
+        ("repair", "repair.val_fraction=1.0", "repair.val_fraction"),
+        ("repair", "repair.finetune.tolerance=-1", "repair.finetune.tolerance"),
+        ("repair", "repair.fraction=0", "repair.fraction"),
+        ("repair", "repair.fraction=-0.5", "repair.fraction"),
+        ("repair", "repair.k=0", "repair.k"),
+        ("repair", "repair.level=unit", "repair.level"),
+        ("repair", "eval_batch_size=0", "eval_batch_size"),
+    ],
+)
+def test_bad_settings_stop_at_the_door_naming_the_key(task, override, key, tmp_path):
+    from ipg_gnn.jobs.checks import ConfigError
+    from ipg_gnn.jobs.repair import run_repair
+    from ipg_gnn.jobs.train import run_train
+    from tests.conftest import compose_config
+
+    job = run_train if task == "train" else run_repair
+    with pytest.raises(ConfigError, match=f"^{key}="):
+        job(compose_config(task, tmp_path, [override]))
+    assert not (tmp_path / "run").exists()  # nothing was started

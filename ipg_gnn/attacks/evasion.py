@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 @dataclass(frozen=True)
 class AttackResult:
-    """Adversarial inputs, the model's predictions on them, and whether each fooled the model
-    (prediction differs from the true label)."""
+    """Adversarial inputs, the model's predictions on them, and whether each attack succeeded:
+    the model was right on the clean input and is wrong on the adversarial one."""
 
     x_adv: torch.Tensor
     pred: torch.Tensor
@@ -115,7 +115,13 @@ class Attack:
             yb = y[i : i + self.batch_size].cpu().numpy()
             chunks.append(torch.from_numpy(attack.generate(x=xb, y=yb).astype(np.float32)))
         x_adv = torch.cat(chunks)
-        pred = torch.from_numpy(
-            classifier.predict(x_adv.numpy(), batch_size=self.batch_size).argmax(1)
-        )
-        return AttackResult(x_adv, pred, pred != y.cpu())
+
+        def labels(inputs: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(
+                classifier.predict(inputs, batch_size=self.batch_size).argmax(1)
+            )
+
+        pred, y = labels(x_adv.numpy()), y.cpu()
+        # Success: right before, wrong after (an input the model already got wrong is no win).
+        clean = labels(x.detach().cpu().numpy().astype(np.float32))
+        return AttackResult(x_adv, pred, (clean == y) & (pred != y))
