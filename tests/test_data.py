@@ -202,3 +202,15 @@ def test_official_test_set_feeds_only_the_test_split():
     # Proportions of the four training-pool splits are kept: 0.5 / 0.85 of 850 = 500.
     assert len(splits.indices["target_train"]) == 500
     assert np.bincount(splits.images(data, "test").y.numpy()).tolist() == [10] * 10
+
+
+def test_datasets_refuse_non_finite_inputs_and_labels_out_of_range():
+    x = torch.rand(4, 1, 2, 2)
+    y = torch.tensor([0, 1, 2, 1])
+    ImageDataset("ok", Images(x, y), None, 3)
+    bad = x.clone()
+    bad[2, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="input 2 holds NaN or inf"):
+        ImageDataset("nan", Images(bad, y), None, 3)
+    with pytest.raises(ValueError, match="input 3 has label 255, outside 0..2"):
+        ImageDataset("labels", Images(x, torch.tensor([0, 1, 2, 255])), None, 3)

@@ -62,6 +62,24 @@ class ImageDataset:
     test: Images | None
     num_classes: int
 
+    def __post_init__(self) -> None:
+        for part, images in (("train", self.train), ("test", self.test)):
+            if images is None:
+                continue
+            bad = (~torch.isfinite(images.x)).flatten(1).any(1).nonzero().flatten()
+            if len(bad):
+                raise ValueError(
+                    f"{self.name} {part}: input {int(bad[0])} holds NaN or inf values "
+                    f"({len(bad)} inputs do); fix or drop them"
+                )
+            wrong = ((images.y < 0) | (images.y >= self.num_classes)).nonzero().flatten()
+            if len(wrong):
+                i = int(wrong[0])
+                raise ValueError(
+                    f"{self.name} {part}: input {i} has label {int(images.y[i])}, outside "
+                    f"0..{self.num_classes - 1} ({len(wrong)} inputs do)"
+                )
+
     @property
     def input_shape(self) -> tuple[int, int, int]:
         return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
