@@ -133,3 +133,19 @@ def test_sanity_checks_flag_masked_gradients(trained_default, batch):
     assert not result["checks"]["near_zero_at_large_eps"], result
     assert not result["checks"]["gradient_free_not_stronger"], result
     assert not result["passed"]
+
+
+def test_every_evaluation_flags_a_gradient_free_attack_beating_the_gradient_ones(
+    trained_default, batch
+):
+    from ipg_gnn.objectives import Robustness
+
+    attacks = robust_eval("quick", eps=0.4)
+    chosen = {"apgd_ce": attacks["apgd_ce"], "square": attacks["square"].with_params(max_iter=200)}
+    assert chosen["apgd_ce"].uses_gradients and not chosen["square"].uses_gradients
+    objective = Robustness(chosen)
+    small = batch.subset(range(60))
+    masked, _ = objective.evaluate(Rounded(trained_default["model"]), small, 100, seed=0)
+    plain, _ = objective.evaluate(trained_default["model"], small, 100, seed=0)
+    assert masked["gradient_masking"] and not plain["gradient_masking"], (masked, plain)
+    assert "(masking?)" in objective.columns(masked)["robust"]

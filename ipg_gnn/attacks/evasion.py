@@ -79,6 +79,17 @@ class Attack:
             return None if eps is None else float(eps)
         return None
 
+    @property
+    def uses_gradients(self) -> bool:
+        """Whether the ART attack needs the model's gradients (Square, a query attack, does not):
+        gradient-free attacks are the check on gradient masking."""
+        from art.estimators.classification.classifier import ClassGradientsMixin
+        from art.estimators.estimator import LossGradientsMixin
+
+        attack = getattr(self.art_attack, "func", self.art_attack)
+        needs = getattr(attack, "_estimator_requirements", ())
+        return any(issubclass(r, LossGradientsMixin | ClassGradientsMixin) for r in needs)
+
     def __repr__(self) -> str:
         return f"Attack({self.name!r}, eps={self.eps})"
 

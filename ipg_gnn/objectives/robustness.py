@@ -229,6 +229,7 @@ class Robustness(Objective):
                 robust[survivors] = ensemble.robust
                 report["ensemble"] = {**ensemble.summary(), "attacked": len(survivors)}
         report["robust_acc"] = float(robust.float().mean())
+        report["gradient_masking"] = self.masking_flag(report["adv_acc"])
         if transfer_from:
             report["transfer_acc"] = {
                 name: accuracy(model, Images(x, images.y), batch_size)
@@ -236,8 +237,19 @@ class Robustness(Objective):
             }
         return report, examples
 
+    def masking_flag(self, adv_acc: Mapping[str, float], gap: float = 0.05) -> bool | None:
+        """True when a gradient-free attack leaves clearly less accuracy (by more than `gap`)
+        than the best gradient attack: the gradients mislead, so every gradient number is
+        suspect (None without both kinds of attack)."""
+        free = [a for n, a in adv_acc.items() if not self.attacks[n].uses_gradients]
+        grad = [a for n, a in adv_acc.items() if self.attacks[n].uses_gradients]
+        return min(free) < min(grad) - gap if free and grad else None
+
     def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
-        cells = {"clean": f"{result['clean_acc']:.2%}", "robust": f"{result['robust_acc']:.2%}"}
+        robust = f"{result['robust_acc']:.2%}" + (
+            " (masking?)" if result["gradient_masking"] else ""
+        )
+        cells = {"clean": f"{result['clean_acc']:.2%}", "robust": robust}
         attacks = list(result["adv_acc"])
         if validation:
             return cells | {a: f"{result['adv_acc'][a]:.2%}" for a in attacks}
@@ -253,5 +265,6 @@ class Robustness(Objective):
             "Robust: inputs no attack fools (per-input worst case over the attacks below and the "
             f"ensemble: {ensemble}; on validation, over the validation attacks). Adaptive: "
             "attacks re-crafted against each model. Transfer: the original model's adversarial "
-            "examples."
+            "examples. 'masking?': a gradient-free attack beat every gradient attack by more "
+            "than 5 points (gradient masking suspected)."
         )
