@@ -247,7 +247,7 @@ class Robustness(Objective):
 
     def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
         robust = f"{result['robust_acc']:.2%}" + (
-            " (masking?)" if result["gradient_masking"] else ""
+            " (masking?)" if result.get("gradient_masking") else ""
         )
         cells = {"clean": f"{result['clean_acc']:.2%}", "robust": robust}
         attacks = list(result["adv_acc"])
