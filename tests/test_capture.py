@@ -269,9 +269,3 @@ def test_op_without_rule_names_op_and_module_path():
 
     with pytest.raises(UnsupportedOpError, match="mul"):
         capture(Mul(), torch.rand(2, 5), CaptureConfig(mode="dense"))
-
-
-def test_grouped_conv_is_refused():
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten())
-    with pytest.raises(UnsupportedOpError, match="groups=2"):
-        capture(model, torch.rand(1, 4, 5, 5), CaptureConfig(mode="dense"))

@@ -1,6 +1,6 @@
 """Capturing IPGs for a batch of inputs.
 
-`IPGCapture` traces a model once (`build_plan`), optionally chooses the static edge set from a
+`IPGCapture` traces a model once (`trace`), optionally chooses the static edge set from a
 calibration batch, and then turns any input batch into an :class:`IPGBatch`: stacked node
 features and edge contributions, from which PyG `Data` objects are made only when needed (so a
 capture costs tensor ops, not Python objects per graph).
@@ -22,7 +22,8 @@ from torch import nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ipg_gnn.provenance.plan import CaptureOp, Plan, build_plan
+from ipg_gnn.provenance.ops import CaptureOp
+from ipg_gnn.provenance.plan import CapturePlan, trace
 
 NODE_FEATURES = ("value_mean", "value_max", "frac_active", "layer_position")
 EDGE_FEATURES = ("contribution", "weight")
@@ -119,12 +120,7 @@ class IPGCapture:
         self, model: nn.Module, example: torch.Tensor, config: CaptureConfig | None = None
     ) -> None:
         self.config = config or CaptureConfig()
-        was_training = model.training
-        model.eval()
-        try:
-            self.plan: Plan = build_plan(model, example, self.config.include_input)
-        finally:
-            model.train(was_training)
+        self.plan: CapturePlan = trace(model, example, self.config.include_input)
         self._wanted = {name for op in self.plan.ops for name in op.inputs}
         self._wanted |= set(self.plan.outputs.values())
         self._static: list[tuple[torch.Tensor, torch.Tensor]] | None = None
@@ -175,9 +171,9 @@ class IPGCapture:
             if op.kind == "add":
                 self._static.append(self._identity_pairs(op))
                 continue
-            valid = op.src_nodes >= 0
-            k = min(self.config.k, int(valid.sum()))
-            score = score.masked_fill(~valid.to(score.device), float("-inf"))
+            connected = op.connected()
+            k = min(self.config.k, int(connected.sum(1).min()))
+            score = score.masked_fill(~connected.to(score.device), float("-inf"))
             top = score.topk(k, dim=1).indices.sort(dim=1).values.cpu()
             dst = torch.arange(op.layer.num_units).repeat_interleave(k)
             self._static.append((dst, top.reshape(-1)))
@@ -213,9 +209,8 @@ class IPGCapture:
             if self._static is None:
                 raise RuntimeError("static mode needs a calibration batch: call calibrate() first")
             return self._static[o]
-        valid = torch.nonzero(op.src_nodes >= 0).flatten()
-        dst = torch.arange(op.layer.num_units).repeat_interleave(len(valid))
-        return dst, valid.repeat(op.layer.num_units)
+        dst, src = torch.nonzero(op.connected(), as_tuple=True)
+        return dst, src
 
     def topology(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared (edge_index (2, E), weight (E,)) of static and dense modes."""
@@ -287,12 +282,12 @@ class IPGCapture:
                 contribs.append(s[:, src, 0].cpu())
                 weights.append(torch.ones(n, len(dst)))
                 continue
-            valid = (op.src_nodes >= 0).to(s.device)
-            k = min(self.config.k, int(valid.sum()))
+            connected = op.connected().to(s.device)
+            k = min(self.config.k, int(connected.sum(1).min()))
             if k == 0:
                 continue
             dense = dense_contributions(op, s)  # (n, Fo, Fi)
-            score = dense.abs().masked_fill(~valid, float("-inf"))
+            score = dense.abs().masked_fill(~connected, float("-inf"))
             top = score.topk(k, dim=2).indices.sort(dim=2).values  # (n, Fo, k)
             contribs.append(dense.gather(2, top).reshape(n, -1).cpu())
             top = top.cpu()

@@ -42,7 +42,7 @@ from ipg_gnn.pipeline import (
     publish,
     target_arch,
 )
-from ipg_gnn.provenance import build_plan
+from ipg_gnn.provenance import trace
 from ipg_gnn.repair import (
     Masks,
     all_masks,
@@ -224,7 +224,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     val_attacks = validation_attacks(attacks, list(cfg.repair.val_attacks))
     attribution, topology, detector_path = explain_repair_split(cfg, run, clock)
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
-    capture_plan = build_plan(run.model, fine_tune.x[:1], topology.config.include_input)
+    capture_plan = trace(run.model, fine_tune.x[:1], topology.config.include_input)
     repairable = weight_layers(capture_plan)
     layer = cfg.repair.layer
     layers = [layer] if isinstance(layer, str) else list(layer or [])

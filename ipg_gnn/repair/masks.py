@@ -13,19 +13,19 @@ import torch
 from torch import nn
 
 from ipg_gnn.explain.plan import PlanError, RepairPlan
-from ipg_gnn.provenance import Plan
+from ipg_gnn.provenance import CapturePlan
 
 Masks = dict[str, torch.Tensor]
 
 
-def _op(capture_plan: Plan, layer: str):
+def _op(capture_plan: CapturePlan, layer: str):
     for op in capture_plan.ops:
         if op.layer.name == layer:
             return op
     raise PlanError(f"layer {layer} is not a weight layer of this model's IPGs")
 
 
-def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: Plan) -> Masks:
+def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: CapturePlan) -> Masks:
     """Masks allowing exactly the plan's targets to change."""
     masks: Masks = {}
     for layer, targets in plan.targets.items():
@@ -64,7 +64,7 @@ def all_masks(model: nn.Module) -> Masks:
     return {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
 
 
-def params_per_target(model: nn.Module, capture_plan: Plan, layer: str, level: str) -> int:
+def params_per_target(model: nn.Module, capture_plan: CapturePlan, layer: str, level: str) -> int:
     """Parameters one node or edge target of `layer` frees."""
     module = model.get_submodule(layer)
     per_unit = module.weight[0].numel() + (0 if module.bias is None else 1)
