@@ -15,17 +15,18 @@ aten = torch.ops.aten
 FULL = 2**63 - 1
 
 
-def _dim(b, node: torch.fx.Node, default: int) -> int:
-    dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", default)
+def _dim(b, node: torch.fx.Node, position: int) -> int:
+    """The op's dim argument (at `position`, default 0), made non-negative."""
+    dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", 0)
     return dim % len(b.shape(node.args[0]))
 
 
 @rule(aten.slice)
 def slice_(b, node: torch.fx.Node) -> None:
     src = node.args[0]
-    if _dim(b, node, 0) == 0:
-        start, end, step = (list(node.args[3:]) + [None, None, 1])[:3]
-        if (start or 0) != 0 or (end is not None and end < FULL) or step != 1:
+    if _dim(b, node, 1) == 0:
+        start, end, step = (list(node.args[2:]) + [None, None, 1])[:3]
+        if (start or 0) != 0 or (end is not None and end < FULL) or (step or 1) != 1:
             raise b.fail(node, "slicing the batch dimension")
         b.set(node, b.map(src, node, layout_ok=True))
         return
@@ -34,6 +35,6 @@ def slice_(b, node: torch.fx.Node) -> None:
 
 @rule(aten.split, aten.split_with_sizes, aten.chunk)
 def split(b, node: torch.fx.Node) -> None:
-    if _dim(b, node, 0) == 0:
+    if _dim(b, node, 2) == 0:
         raise b.fail(node, "splitting the batch dimension")
     b.set(node, tuple(apply_to_nodes(b, node, node.args[0])))

@@ -1,5 +1,6 @@
 """Unit-wise ops: each output element depends on the same element of the input only
-(activations, eval-mode dropout, copies), so every unit keeps its node and no edge is made.
+(activations, eval-mode dropout, copies), so every unit keeps its node and no edge is made
+(also mid channel shuffle, where a unit's node is tracked per element).
 
 Contributions into the next weight layer are computed from the values after the op, so the
 conservation invariant holds whatever the function.
@@ -20,6 +21,7 @@ ACTIVATIONS = (
     aten.sigmoid,
     aten.tanh,
     aten.hardtanh,  # ReLU6
+    aten.relu6,
     aten.elu,
     aten.selu,
     aten.celu,
@@ -44,4 +46,4 @@ COPIES = (
 
 @rule(*ACTIVATIONS, *COPIES)
 def unit_wise(b, node: torch.fx.Node) -> None:
-    b.set(node, b.map(node.args[0], node))
+    b.set(node, b.map(node.args[0], node, layout_ok=True))
