@@ -21,8 +21,10 @@ An op without a rule stops the plan with an error naming the op, its module path
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -93,7 +95,7 @@ def _export(model: nn.Module, one: torch.Tensor) -> tuple[torch.fx.GraphModule, 
     shape on two copies of `one` (a batch of 1 would fix the batch size to 1)."""
     pair = torch.cat([one, one])
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _no_trace_log_propagation():
             warnings.simplefilter("ignore")
             exported = torch.export.export(
                 model, (pair,), dynamic_shapes=({0: Dim.AUTO},), strict=False
@@ -119,6 +121,19 @@ def _export(model: nn.Module, one: torch.Tensor) -> tuple[torch.fx.GraphModule, 
     with torch.no_grad():
         _Shapes(gm).run(pair)
     return gm, shapes
+
+
+@contextmanager
+def _no_trace_log_propagation() -> Iterator[None]:
+    """Keep torch's structured trace log (meant for TORCH_TRACE files) away from the root
+    logger while exporting: under a root handler at DEBUG (pytest's, for one) its records make
+    an export ten times slower."""
+    trace_log = logging.getLogger("torch.__trace")
+    propagate, trace_log.propagate = trace_log.propagate, False
+    try:
+        yield
+    finally:
+        trace_log.propagate = propagate
 
 
 def _module_stack(node: torch.fx.Node) -> tuple[str, str]:
