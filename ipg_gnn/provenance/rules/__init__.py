@@ -60,7 +60,7 @@ def supported_ops() -> str:
 
 
 def rule_table() -> list[tuple[str, str, str]]:
-    """(rules module, its ops, first line of its docstring) per module, for the docs."""
+    """(rules module, its ops, first paragraph of its docstring) per module, for the docs."""
     rows: dict[str, set[str]] = {}
     for entry in RULES.values():
         rows.setdefault(entry.module, set()).update(op_name(op) for op in entry.ops)
@@ -68,7 +68,7 @@ def rule_table() -> list[tuple[str, str, str]]:
         (
             module,
             ", ".join(sorted(ops)),
-            (sys.modules[f"{__name__}.{module}"].__doc__ or "").strip().splitlines()[0],
+            " ".join((sys.modules[f"{__name__}.{module}"].__doc__ or "").split("\n\n")[0].split()),
         )
         for module, ops in sorted(rows.items())
     ]
