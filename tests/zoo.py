@@ -70,19 +70,24 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """ResNet's bottleneck; with `groups` (cardinality) and `expansion` 2, ResNeXt's block."""
+
     expansion = 4
 
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int = 1, groups: int = 1, expansion: int = 4
+    ) -> None:
         super().__init__()
+        out_planes = expansion * planes
         self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, groups=groups, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(4 * planes)
+        self.conv3 = nn.Conv2d(planes, out_planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out_planes)
         self.shortcut = nn.Sequential()
-        if stride != 1 or in_planes != 4 * planes:
-            self.shortcut = conv_bn(in_planes, 4 * planes, 1, stride)
+        if stride != 1 or in_planes != out_planes:
+            self.shortcut = conv_bn(in_planes, out_planes, 1, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -108,8 +113,11 @@ class PreActBlock(nn.Module):
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
         out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+        out = self.gate(self.conv2(F.relu(self.bn2(out))))
         out += shortcut
+        return out
+
+    def gate(self, out: torch.Tensor) -> torch.Tensor:
         return out
 
 
@@ -272,33 +280,19 @@ class DLA(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
-class SEBlock(nn.Module):
+class SEBlock(PreActBlock):
     """SENet's pre-activation block: the SE gate `w` multiplies `out` per channel."""
 
-    expansion = 1
-
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+        super().__init__(in_planes, planes, stride)
         self.fc1 = nn.Conv2d(planes, max(planes // 4, 1), 1)
         self.fc2 = nn.Conv2d(max(planes // 4, 1), planes, 1)
 
-    def forward(self, x):
-        out = F.relu(self.bn1(x))
-        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out)))
+    def gate(self, out: torch.Tensor) -> torch.Tensor:
         w = F.avg_pool2d(out, out.size(2))
         w = F.relu(self.fc1(w))
         w = F.sigmoid(self.fc2(w))
-        out = out * w
-        out += shortcut
-        return out
+        return out * w
 
 
 def senet18(width: int = 4) -> ResNet:
@@ -355,28 +349,6 @@ class MobileNetV2(nn.Module):
         return self.linear(out.view(out.size(0), -1))
 
 
-class ResNeXtBlock(nn.Module):
-    def __init__(self, c_in: int, cardinality: int, width: int, stride: int) -> None:
-        super().__init__()
-        planes = cardinality * width
-        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, groups=cardinality, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.conv3 = nn.Conv2d(planes, 2 * planes, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(2 * planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != 2 * planes:
-            self.shortcut = conv_bn(c_in, 2 * planes, 1, stride)
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        out += self.shortcut(x)
-        return F.relu(out)
-
-
 class ResNeXt(nn.Module):
     def __init__(self, cardinality: int = 2, width: int = 2) -> None:
         super().__init__()
@@ -384,7 +356,7 @@ class ResNeXt(nn.Module):
         self.bn1 = nn.BatchNorm2d(4)
         blocks, c_in = [], 4
         for stride in (1, 2, 2):
-            blocks.append(ResNeXtBlock(c_in, cardinality, width, stride))
+            blocks.append(Bottleneck(c_in, cardinality * width, stride, cardinality, 2))
             c_in, width = 2 * cardinality * width, 2 * width
         self.blocks = nn.Sequential(*blocks)
         self.linear = nn.Linear(c_in, 10)
