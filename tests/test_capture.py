@@ -271,7 +271,21 @@ def test_op_without_rule_names_op_and_module_path():
         capture(Mul(), torch.rand(2, 5), CaptureConfig(mode="dense"))
 
 
-def test_grouped_conv_is_refused():
-    model = nn.Sequential(nn.Conv2d(4, 4, 3, groups=2), nn.Flatten())
-    with pytest.raises(UnsupportedOpError, match="groups=2"):
-        capture(model, torch.rand(1, 4, 5, 5), CaptureConfig(mode="dense"))
+def test_capture_refuses_bad_inputs_naming_the_input_and_the_expected_shape():
+    torch.manual_seed(0)
+    model = MLP((1, 4, 4), 3, widths=(5,)).eval()
+    capturer = IPGCapture(model, torch.rand(1, 1, 4, 4), CaptureConfig(mode="dense"))
+    x = torch.rand(6, 1, 4, 4)
+    x[4, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"input 4 holds NaN or inf values \(1 inputs do\)"):
+        capturer(x)
+    with pytest.raises(ValueError, match=r"calibration inputs: input 4 holds NaN"):
+        capturer.calibrate(x)
+    with pytest.raises(
+        ValueError, match=r"expected a batch of shape \(N, 1, 4, 4\), got \(6, 16\)"
+    ):
+        capturer(torch.rand(6, 16))
+    with pytest.raises(ValueError, match="the batch is empty"):
+        capturer(torch.rand(0, 1, 4, 4))
+    with pytest.raises(ValueError, match="floating-point tensor, got torch.int64"):
+        capturer(torch.zeros(2, 1, 4, 4, dtype=torch.long))

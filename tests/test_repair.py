@@ -19,7 +19,7 @@ from ipg_gnn.explain import (
 )
 from ipg_gnn.objectives import AdversarialLoss, Robustness
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
-from ipg_gnn.provenance import build_plan
+from ipg_gnn.provenance import trace
 from ipg_gnn.repair import LayerFinetune, PatchedModel, all_masks, masked_finetune, plan_masks
 from ipg_gnn.runs.checkpoints import load_checkpoint
 from ipg_gnn.targets import MLP
@@ -120,7 +120,7 @@ def test_masked_repair_changes_only_planned_entries(level, trained_default, ipgs
         k=3,
     )
     images = trained_default["splits"].images(trained_default["data"], "repair")
-    capture_plan = build_plan(model, images.x[:1])
+    capture_plan = trace(model, images.x[:1])
     masks = plan_masks(model, plan, capture_plan)
     allowed = int(masks["net.3.weight"].sum())
     assert allowed == (3 * 350 if level == "node" else 3)

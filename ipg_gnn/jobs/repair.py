@@ -29,7 +29,7 @@ from ipg_gnn.jobs.stages import build, build_ipg_datasets, ipg_dataset, make_obj
 from ipg_gnn.objectives import Contrast, Objective
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
 from ipg_gnn.plan.plot import plot_plan
-from ipg_gnn.provenance import build_plan
+from ipg_gnn.provenance import trace
 from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target
 from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
 from ipg_gnn.runs.checkpoints import save_checkpoint
@@ -85,7 +85,7 @@ def repair_components(
         )
     attributor: Attributor = build(cfg.explainer, "explainer")
     example = run.splits.images(run.data, "repair").x[:1]
-    planned_layers(cfg, build_plan(run.model, example).weight_layers())
+    planned_layers(cfg, trace(run.model, example).weight_layers())
     return objective, methods, attributor
 
 
@@ -284,7 +284,7 @@ def _repair(
     source = RepairSplitSource(cfg, run, make_objective(run.cfg), clock)
     with clock("attribution"):
         attribution, topology = attributor(source)
-    capture_plan = build_plan(run.model, fine_tune.x[:1], topology.config.include_input)
+    capture_plan = trace(run.model, fine_tune.x[:1], topology.config.include_input)
     plan = make_repair_plan(
         cfg,
         run,

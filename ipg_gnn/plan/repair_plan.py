@@ -19,6 +19,7 @@ import torch
 
 from ipg_gnn.explain import Attribution
 from ipg_gnn.graphs import Topology
+from ipg_gnn.provenance import LayerKind
 
 
 class Level(str, Enum):
@@ -26,9 +27,6 @@ class Level(str, Enum):
 
     NODE = "node"
     EDGE = "edge"
-
-
-REPAIRABLE = ("linear", "conv")
 
 
 class PlanError(ValueError):
@@ -93,7 +91,7 @@ def rank_layers(attribution: Attribution, topology: Topology) -> dict[str, dict[
     src, dst = topology.edge_index
     layers = {}
     for layer in topology.layers:
-        if layer["kind"] not in REPAIRABLE:
+        if not LayerKind(layer["kind"]).is_weight:
             continue
         lo, hi = layer["offset"], layer["offset"] + layer["num_units"]
         node_scores = attribution.node[lo:hi]

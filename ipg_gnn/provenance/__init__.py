@@ -8,18 +8,20 @@ from ipg_gnn.provenance.capture import (
     IPGCapture,
     capture,
 )
-from ipg_gnn.provenance.plan import Layer, Plan, UnsupportedOpError, build_plan, window_sums
+from ipg_gnn.provenance.ops import Layer, LayerKind, UnsupportedOpError, window_sums
+from ipg_gnn.provenance.plan import CapturePlan, trace
 
 __all__ = [
     "EDGE_FEATURES",
     "NODE_FEATURES",
     "CaptureConfig",
+    "CapturePlan",
     "IPGBatch",
     "IPGCapture",
     "Layer",
-    "Plan",
+    "LayerKind",
     "UnsupportedOpError",
-    "build_plan",
     "capture",
+    "trace",
     "window_sums",
 ]

@@ -1,6 +1,6 @@
 """Capturing IPGs for a batch of inputs.
 
-`IPGCapture` traces a model once (`build_plan`), optionally chooses the static edge set from a
+`IPGCapture` traces a model once (`trace`), optionally chooses the static edge set from a
 calibration batch, and then turns any input batch into an :class:`IPGBatch`: stacked node
 features and edge contributions, from which PyG `Data` objects are made only when needed (so a
 capture costs tensor ops, not Python objects per graph).
@@ -22,7 +22,8 @@ from torch import nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ipg_gnn.provenance.plan import CaptureOp, Plan, build_plan
+from ipg_gnn.provenance.ops import CaptureOp
+from ipg_gnn.provenance.plan import CapturePlan, trace
 
 NODE_FEATURES = ("value_mean", "value_max", "frac_active", "layer_position")
 EDGE_FEATURES = ("contribution", "weight")
@@ -119,15 +120,31 @@ class IPGCapture:
         self, model: nn.Module, example: torch.Tensor, config: CaptureConfig | None = None
     ) -> None:
         self.config = config or CaptureConfig()
-        was_training = model.training
-        model.eval()
-        try:
-            self.plan: Plan = build_plan(model, example, self.config.include_input)
-        finally:
-            model.train(was_training)
+        self.plan: CapturePlan = trace(model, example, self.config.include_input)
         self._wanted = {name for op in self.plan.ops for name in op.inputs}
         self._wanted |= set(self.plan.outputs.values())
         self._static: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+
+    def check_inputs(self, inputs: torch.Tensor, what: str = "inputs") -> None:
+        """Refuse what the capture cannot honestly turn into graphs, naming what it expects: a
+        non-empty floating-point batch of the traced input shape, every value finite (one NaN
+        would silently become hundreds of NaN node features, or pick arbitrary static edges)."""
+        expected = tuple(self.plan.input_shape)
+        if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
+            kind = inputs.dtype if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise ValueError(f"{what}: expected a floating-point tensor, got {kind}")
+        if inputs.ndim != len(expected) + 1 or tuple(inputs.shape[1:]) != expected:
+            raise ValueError(
+                f"{what}: expected a batch of shape (N, {', '.join(map(str, expected))}), "
+                f"got {tuple(inputs.shape)}"
+            )
+        if len(inputs) == 0:
+            raise ValueError(f"{what}: the batch is empty")
+        bad = (~torch.isfinite(inputs)).flatten(1).any(1).nonzero().flatten()
+        if len(bad):
+            raise ValueError(
+                f"{what}: input {int(bad[0])} holds NaN or inf values ({len(bad)} inputs do)"
+            )
 
     # -- recording ------------------------------------------------------------------------
     @torch.no_grad()
@@ -161,8 +178,7 @@ class IPGCapture:
     def calibrate(self, inputs: torch.Tensor) -> IPGCapture:
         """Choose the static edge set: per destination unit, the `k` incoming edges of largest
         mean |contribution| over `inputs` (benign calibration data)."""
-        if len(inputs) == 0:
-            raise ValueError("calibration needs at least one input")
+        self.check_inputs(inputs, "calibration inputs")
         scores = [None] * len(self.plan.ops)
         for start in range(0, len(inputs), self.config.chunk_size):
             values = self.record(inputs[start : start + self.config.chunk_size])
@@ -175,9 +191,9 @@ class IPGCapture:
             if op.kind == "add":
                 self._static.append(self._identity_pairs(op))
                 continue
-            valid = op.src_nodes >= 0
-            k = min(self.config.k, int(valid.sum()))
-            score = score.masked_fill(~valid.to(score.device), float("-inf"))
+            connected = op.connected()
+            k = min(self.config.k, int(connected.sum(1).min()))
+            score = score.masked_fill(~connected.to(score.device), float("-inf"))
             top = score.topk(k, dim=1).indices.sort(dim=1).values.cpu()
             dst = torch.arange(op.layer.num_units).repeat_interleave(k)
             self._static.append((dst, top.reshape(-1)))
@@ -213,9 +229,8 @@ class IPGCapture:
             if self._static is None:
                 raise RuntimeError("static mode needs a calibration batch: call calibrate() first")
             return self._static[o]
-        valid = torch.nonzero(op.src_nodes >= 0).flatten()
-        dst = torch.arange(op.layer.num_units).repeat_interleave(len(valid))
-        return dst, valid.repeat(op.layer.num_units)
+        dst, src = torch.nonzero(op.connected(), as_tuple=True)
+        return dst, src
 
     def topology(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared (edge_index (2, E), weight (E,)) of static and dense modes."""
@@ -232,6 +247,7 @@ class IPGCapture:
     @torch.no_grad()
     def __call__(self, inputs: torch.Tensor, progress: bool = False) -> IPGBatch:
         """IPGs of `inputs`, processed in chunks of `config.chunk_size`."""
+        self.check_inputs(inputs)
         if self.config.mode == "dynamic":
             chunk = self.config.chunk_size
             parts = [
@@ -287,12 +303,12 @@ class IPGCapture:
                 contribs.append(s[:, src, 0].cpu())
                 weights.append(torch.ones(n, len(dst)))
                 continue
-            valid = (op.src_nodes >= 0).to(s.device)
-            k = min(self.config.k, int(valid.sum()))
+            connected = op.connected().to(s.device)
+            k = min(self.config.k, int(connected.sum(1).min()))
             if k == 0:
                 continue
             dense = dense_contributions(op, s)  # (n, Fo, Fi)
-            score = dense.abs().masked_fill(~valid, float("-inf"))
+            score = dense.abs().masked_fill(~connected, float("-inf"))
             top = score.topk(k, dim=2).indices.sort(dim=2).values  # (n, Fo, k)
             contribs.append(dense.gather(2, top).reshape(n, -1).cpu())
             top = top.cpu()

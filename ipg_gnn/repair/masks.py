@@ -1,10 +1,11 @@
 """Which parameter entries a repair may change.
 
 A mask per parameter (True = may change) is built from a repair plan: for a node target, the
-unit's row of the weight (a conv filter) and its bias; for an edge target, the single weight
-between the source unit and the unit (the kernel slice for a convolution, the block of weights
-of a flattened channel for a dense layer after a flatten). Baselines get masks of the same kind:
-a whole layer, or every parameter.
+unit's row of the weight (a conv filter) and its bias; for an edge target, the weights that
+carry that edge, as the capture op of its layer says (`edge_entries`: the kernel slice of a
+convolution, within the unit's group for a grouped one; the block of weights of a flattened
+channel for a dense layer after a flatten). Baselines get masks of the same kind: a whole layer,
+or every parameter.
 """
 
 from __future__ import annotations
@@ -13,20 +14,19 @@ import torch
 from torch import nn
 
 from ipg_gnn.plan import PlanError, RepairPlan
-from ipg_gnn.provenance import Plan
+from ipg_gnn.provenance import CapturePlan
 from ipg_gnn.runs.keys import model_fingerprint
 
 Masks = dict[str, torch.Tensor]
 
 
-def _op(capture_plan: Plan, layer: str):
-    for op in capture_plan.ops:
-        if op.layer.name == layer:
-            return op
-    raise PlanError(f"layer {layer} is not a weight layer of this model's IPGs")
+def _op(capture_plan: CapturePlan, layer: str):
+    if layer not in capture_plan.weight_layers():
+        raise PlanError(f"layer {layer} is not a weight layer of this model's IPGs")
+    return capture_plan.op(layer)
 
 
-def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: Plan) -> Masks:
+def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: CapturePlan) -> Masks:
     """Masks allowing exactly the plan's targets to change; a plan made for another model is
     refused."""
     plan.check_model(model_fingerprint(model))
@@ -42,12 +42,11 @@ def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: Plan) -> Masks:
                     bias[unit] = True
         else:
             op = _op(capture_plan, layer)
-            view = weight.view(weight.shape[0], len(op.src_nodes), -1)
             for source, unit in targets:
-                inputs = torch.nonzero(op.src_nodes == source).flatten()
-                if len(inputs) == 0:
-                    raise PlanError(f"node {source} does not feed layer {layer}")
-                view[unit, inputs] = True
+                try:
+                    weight |= op.edge_entries(unit, source)
+                except ValueError as e:
+                    raise PlanError(f"layer {layer}: {e}") from e
         masks[f"{layer}.weight"] = weight
         if bias is not None:
             masks[f"{layer}.bias"] = bias
@@ -67,13 +66,12 @@ def all_masks(model: nn.Module) -> Masks:
     return {name: torch.ones_like(p, dtype=torch.bool) for name, p in model.named_parameters()}
 
 
-def params_per_target(model: nn.Module, capture_plan: Plan, layer: str, level: str) -> int:
+def params_per_target(model: nn.Module, capture_plan: CapturePlan, layer: str, level: str) -> int:
     """Parameters one node or edge target of `layer` frees."""
     module = model.get_submodule(layer)
-    per_unit = module.weight[0].numel() + (0 if module.bias is None else 1)
     if level == "node":
-        return per_unit
-    return module.weight[0].numel() // len(_op(capture_plan, layer).src_nodes)
+        return module.weight[0].numel() + (0 if module.bias is None else 1)
+    return _op(capture_plan, layer).weights_per_edge
 
 
 def count_allowed(masks: Masks) -> int:

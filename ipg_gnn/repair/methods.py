@@ -24,7 +24,7 @@ from torch import nn
 from ipg_gnn.data import Images
 from ipg_gnn.objectives import Objective
 from ipg_gnn.plan import RepairPlan
-from ipg_gnn.provenance import Plan
+from ipg_gnn.provenance import CapturePlan
 from ipg_gnn.repair.finetune import masked_finetune
 from ipg_gnn.repair.masks import Masks, all_masks, count_allowed, layer_masks, plan_masks
 
@@ -35,7 +35,7 @@ class RepairContext:
 
     model: nn.Module  # the original, never changed
     plan: RepairPlan
-    capture_plan: Plan
+    capture_plan: CapturePlan
     fine_tune: Images  # the repair split's fine-tuning part
     val: Images  # its validation part: clean accuracy checks, settings chosen on it
     objective: Objective

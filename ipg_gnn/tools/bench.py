@@ -3,8 +3,10 @@
 `python -m ipg_gnn.tools.bench capture` times, on one batch of real MNIST digits, the plain forward
 pass and the IPG capture of each target model in each sparsity mode (same batch, same process,
 median of repeats), and measures the peak memory of building a 10,000-graph IPG dataset (5,000
-full-MNIST test inputs, benign + FGSM) in a child process. The last line is one JSON object.
-Model weights are freshly initialised: they do not change the cost of a capture.
+full-MNIST test inputs, benign + FGSM) in a child process. It also times the static capture of
+a full-width CIFAR ResNet-18 (3x32x32 inputs, 2 basic blocks per stage) against its plain
+forward on 256 inputs. The last line is one JSON object. Model weights are freshly initialised
+and ResNet-18 inputs random: neither changes the cost of a capture.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import nn
 from ipg_gnn.data import mnist, mnist_subset
 from ipg_gnn.provenance import CaptureConfig, IPGCapture
 from ipg_gnn.targets import MLP, SmallCNN, SmallResNet
+from ipg_gnn.targets.models import BasicBlock
 
 MODELS: dict[str, tuple[Callable[[], nn.Module], bool]] = {
     "mlp": (lambda: MLP((1, 28, 28), 10), False),
@@ -127,6 +130,49 @@ def bench_capture(x: torch.Tensor, calibration: torch.Tensor, repeats: int, k: i
     return results
 
 
+def resnet18(num_classes: int = 10) -> nn.Sequential:
+    """CIFAR ResNet-18: 3x3 stem, widths 64-512, two basic blocks per stage, global pooling."""
+    layers, c_in = [nn.Conv2d(3, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
+    for i, width in enumerate((64, 128, 256, 512)):
+        for j in range(2):
+            layers.append(BasicBlock(c_in, width, stride=2 if i > 0 and j == 0 else 1))
+            c_in = width
+    return nn.Sequential(
+        *layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)
+    )
+
+
+def bench_resnet18(n_inputs: int, repeats: int, k: int) -> dict:
+    """Static capture of a full-width ResNet-18 vs its plain forward on `n_inputs` inputs."""
+    torch.manual_seed(0)
+    model = resnet18().eval()
+    x, calibration = torch.rand(n_inputs, 3, 32, 32), torch.rand(64, 3, 32, 32)
+    start = time.perf_counter()
+    capturer = IPGCapture(model, x[:1], CaptureConfig(mode="static", k=k, chunk_size=n_inputs))
+    trace_s = time.perf_counter() - start
+    capturer.calibrate(calibration)
+    with _PeakRSS() as rss:
+        batch = capturer(x)
+    per_graph = sum(t[0].numel() * t.element_size() for t in (batch.x, batch.contribution))
+    del batch
+    forward_ms, capture_ms = _paired_median_ms(
+        lambda: torch.no_grad()(model)(x), lambda: capturer(x), repeats
+    )
+    result = {
+        "inputs": n_inputs,
+        "trace_s": round(trace_s, 2),
+        "forward_ms": round(forward_ms, 1),
+        "capture_ms": round(capture_ms, 1),
+        "ratio": round(capture_ms / forward_ms, 2),
+        "graphs_per_s": round(n_inputs / capture_ms * 1000, 1),
+        "nodes": int(capturer.plan.num_nodes),
+        "bytes_per_graph": per_graph,  # node features + contributions; the topology is shared
+        "peak_rss_mb": round(rss.peak - rss.base, 1),
+    }
+    print(f"resnet18 static: {result}", flush=True)
+    return result
+
+
 def _build_child(data_dir: str, n_inputs: int, out: str, queue: mp.Queue) -> None:
     """Build benign + FGSM IPGs of `n_inputs` MNIST test inputs with the static MLP capture."""
     from art.attacks.evasion import FastGradientMethod
@@ -188,6 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
         help="folder holding mnist/ (IDX files) for the 10,000-graph build",
     )
     parser.add_argument("--skip-build", action="store_true", help="skip the dataset build")
+    parser.add_argument("--skip-resnet18", action="store_true", help="skip the ResNet-18 timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     digits = mnist_subset().train
@@ -199,6 +246,8 @@ def main(argv: list[str] | None = None) -> dict:
         "k": args.k,
         "models": bench_capture(x, calibration, args.repeats, args.k),
     }
+    if not args.skip_resnet18:
+        report["resnet18"] = bench_resnet18(256, args.repeats, args.k)
     if not args.skip_build:
         report["dataset_build"] = bench_dataset_build(args.data_dir)
         print(f"10,000-graph build: {report['dataset_build']}", flush=True)
