@@ -173,7 +173,7 @@ def test_errors_name_op_path_and_the_registry():
         trace(ChannelMean(), torch.rand(1, 3, 2, 2))
 
 
-def test_untraceable_model_is_one_line():
+def test_untraceable_model_is_one_line(capfd):
     class DataDependent(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -185,3 +185,5 @@ def test_untraceable_model_is_one_line():
     with pytest.raises(UnsupportedOpError, match="torch.export cannot trace DataDependent") as err:
         IPGCapture(DataDependent(), torch.rand(1, 4))
     assert "\n" not in str(err.value) and err.value.__cause__ is None
+    out, printed = capfd.readouterr()
+    assert "def forward" not in out + printed and "symbolic_shapes" not in printed

@@ -21,6 +21,8 @@ An op without a rule stops the plan with an error naming the op, its module path
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import warnings
 from collections.abc import Callable, Iterator
@@ -95,7 +97,13 @@ def _export(model: nn.Module, one: torch.Tensor) -> tuple[torch.fx.GraphModule, 
     shape on two copies of `one` (a batch of 1 would fix the batch size to 1)."""
     pair = torch.cat([one, one])
     try:
-        with warnings.catch_warnings(), _no_trace_log_propagation():
+        # torch.export prints the partial graph of a failed trace to stderr: captured here, the
+        # project's one-line error says what failed instead.
+        with (
+            warnings.catch_warnings(),
+            _no_trace_log_propagation(),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("ignore")
             exported = torch.export.export(
                 model, (pair,), dynamic_shapes=({0: Dim.AUTO},), strict=False
@@ -127,13 +135,18 @@ def _export(model: nn.Module, one: torch.Tensor) -> tuple[torch.fx.GraphModule, 
 def _no_trace_log_propagation() -> Iterator[None]:
     """Keep torch's structured trace log (meant for TORCH_TRACE files) away from the root
     logger while exporting: under a root handler at DEBUG (pytest's, for one) its records make
-    an export ten times slower."""
+    an export ten times slower. The shape solver's warnings about a failed trace are silenced
+    too: the project's one-line error says what failed."""
     trace_log = logging.getLogger("torch.__trace")
-    propagate, trace_log.propagate = trace_log.propagate, False
+    shapes_log = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    propagate, level = trace_log.propagate, shapes_log.level
+    trace_log.propagate = False
+    shapes_log.setLevel(logging.ERROR)
     try:
         yield
     finally:
         trace_log.propagate = propagate
+        shapes_log.setLevel(level)
 
 
 def _module_stack(node: torch.fx.Node) -> tuple[str, str]:
