@@ -187,3 +187,12 @@ def test_untraceable_model_is_one_line(capfd):
     assert "\n" not in str(err.value) and err.value.__cause__ is None
     out, printed = capfd.readouterr()
     assert "def forward" not in out + printed and "symbolic_shapes" not in printed
+
+
+def test_the_docs_table_of_supported_ops_is_the_registry():
+    from ipg_gnn.provenance.rules import rule_table
+    from tests.conftest import ROOT
+
+    docs = (ROOT / "docs" / "capture.md").read_text()
+    for module, ops, _ in rule_table():
+        assert f"| `rules/{module}.py` | {ops} |" in docs, module
