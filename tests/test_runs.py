@@ -106,6 +106,9 @@ def test_the_target_cache_is_keyed_on_the_data_and_a_damaged_entry_is_retrained(
         ("repair", "repair.k=0", "repair.k"),
         ("repair", "repair.level=unit", "repair.level"),
         ("repair", "eval_batch_size=0", "eval_batch_size"),
+        ("repair", "repair.k=some", "repair.k"),
+        ("train", "ipg.capture.k=2.5", "ipg.capture.k"),
+        ("train", "dataset.eps=true", "dataset.eps"),
     ],
 )
 def test_bad_settings_stop_at_the_door_naming_the_key(task, override, key, tmp_path):
@@ -118,3 +121,17 @@ def test_bad_settings_stop_at_the_door_naming_the_key(task, override, key, tmp_p
     with pytest.raises(ConfigError, match=f"^{key}="):
         job(compose_config(task, tmp_path, [override]))
     assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_user_errors_end_as_one_line_and_bugs_keep_their_traceback(capsys):
+    from ipg_gnn.errors import one_line_errors
+    from ipg_gnn.jobs.checks import ConfigError
+
+    with pytest.raises(SystemExit) as stop, one_line_errors():
+        raise ConfigError("repair.k=0 is not allowed: it must be null or an integer >= 1")
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == (
+        "error: repair.k=0 is not allowed: it must be null or an integer >= 1\n"
+    )
+    with pytest.raises(ZeroDivisionError), one_line_errors():
+        _ = 1 / 0

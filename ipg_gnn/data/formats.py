@@ -14,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ipg_gnn.errors import UserError
 
-class DatasetFileError(ValueError):
+
+class DatasetFileError(UserError, ValueError):
     """A dataset file is missing, truncated or not in the expected format."""
 
 

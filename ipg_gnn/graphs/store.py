@@ -24,13 +24,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ipg_gnn.errors import UserError
 from ipg_gnn.provenance import EDGE_FEATURES, NODE_FEATURES, CaptureConfig, IPGCapture
 from ipg_gnn.runs.io import ArtifactError, atomic_save, atomic_write_text, checksum, read_checked
 
 log = logging.getLogger(__name__)
 
 
-class IPGStoreError(ValueError):
+class IPGStoreError(UserError, ValueError):
     """An IPG store does not match what it is loaded or resumed for."""
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from ipg_gnn.data import Images
 from ipg_gnn.explain import Attribution, Attributor
 from ipg_gnn.graphs import IPGDataset, Topology
-from ipg_gnn.jobs.checks import REPAIR, check_settings
+from ipg_gnn.jobs.checks import RepairSettings, check_settings
 from ipg_gnn.jobs.stages import build, build_ipg_datasets, ipg_dataset, make_objective
 from ipg_gnn.objectives import Contrast, Objective
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
@@ -253,7 +253,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
     `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}` and
     `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
-    check_settings(cfg, REPAIR)
+    check_settings(cfg, RepairSettings)
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
     run = load_train_run(train_dir)
     cfg = copy.deepcopy(cfg)

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ipg_gnn.jobs.checks import TRAIN, check_settings
+from ipg_gnn.jobs.checks import TrainSettings, check_settings
 from ipg_gnn.jobs.stages import (
     DETECTOR_SPLITS,
     build_ipg_datasets,
@@ -32,7 +32,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     example IPG pictures, `detector.pt`, `detector_report.{json,md}`, `roc_curves.png` and
     `transfer_auroc.png`, indexed with their checksums in `run.json` (the directory belongs to
     this run); sends the numbers to the loggers. Returns the reports."""
-    check_settings(cfg, TRAIN)
+    check_settings(cfg, TrainSettings)
     missing = [s for s in DETECTOR_SPLITS if s not in cfg.ipg.splits]
     if missing:
         raise ValueError(

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ipg_gnn.errors import UserError
 from ipg_gnn.explain import Attribution
 from ipg_gnn.graphs import Topology
 from ipg_gnn.provenance import LayerKind
@@ -29,7 +30,7 @@ class Level(str, Enum):
     EDGE = "edge"
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A repair plan cannot be made or applied as asked."""
 
 

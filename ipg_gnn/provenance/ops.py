@@ -15,8 +15,10 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 
+from ipg_gnn.errors import UserError
 
-class UnsupportedOpError(NotImplementedError):
+
+class UnsupportedOpError(UserError, NotImplementedError):
     """The model contains an op the IPG capture has no rule for, or cannot be traced at all."""
 
 

@@ -15,10 +15,11 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
+from ipg_gnn.errors import UserError
 from ipg_gnn.runs.io import atomic_save, read_checked
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """A checkpoint was made for another architecture than the one asked for."""
 
 

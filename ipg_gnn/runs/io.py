@@ -17,10 +17,12 @@ from typing import IO, Any, TypeVar
 
 import torch
 
+from ipg_gnn.errors import UserError
+
 T = TypeVar("T")
 
 
-class ArtifactError(ValueError):
+class ArtifactError(UserError, ValueError):
     """A file the project wrote is damaged, or belongs with other files than it is used with;
     the message names the file and what to do."""
 

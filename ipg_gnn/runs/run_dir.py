@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from ipg_gnn.errors import UserError
 from ipg_gnn.runs.io import ArtifactError, atomic_write_text, checksum, read_checked
 from ipg_gnn.runs.keys import config_key, plain
 
@@ -30,7 +31,7 @@ RUN_INDEX = "run.json"
 _ARTIFACTS = ("splits.npz", "target.pt", "detector.pt", "repair_plan.json", "repaired.pt")
 
 
-class RunDirectoryError(RuntimeError):
+class RunDirectoryError(UserError, RuntimeError):
     """A run directory is in use by, or holds the artifacts of, another run."""
 
 
