@@ -16,6 +16,10 @@ class UserError(Exception):
     """An error whose message names the setting, file or input at fault and what to do."""
 
 
+class ConfigError(UserError, ValueError):
+    """A setting is out of its range or names nothing known; the message names the key."""
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Show a :class:`UserError` as `error: <message>` on stderr and exit with status 1."""

@@ -18,7 +18,7 @@ EPS = 0.05  # small enough that the default MLP keeps a fair share of inputs rob
 
 def robust_eval(level: str, eps: float = EPS) -> dict:
     cfg = compose_config("train", ROOT, [f"+robust_eval={level}", f"dataset.eps={eps}"])
-    return {name: instantiate(c, name=name) for name, c in cfg.robust_eval.items()}
+    return {name: instantiate(c, name=name) for name, c in cfg.robust_eval.attacks.items()}
 
 
 def weakest_first(attacks: dict) -> dict:
@@ -149,3 +149,28 @@ def test_every_evaluation_flags_a_gradient_free_attack_beating_the_gradient_ones
     plain, _ = objective.evaluate(trained_default["model"], small, 100, seed=0)
     assert masked["gradient_masking"] and not plain["gradient_masking"], (masked, plain)
     assert "(masking?)" in objective.columns(masked)["robust"]
+
+
+def test_every_full_evaluation_runs_the_sanity_checks_and_reports_a_failure(trained_default, batch):
+    from ipg_gnn.objectives import Robustness
+
+    attacks = robust_eval("quick", eps=0.15)
+    ensemble = {
+        "apgd_ce": attacks["apgd_ce"],
+        "square": attacks["square"].with_params(max_iter=200),
+    }
+    sanity = {"n": 40, "gradient": "apgd_ce", "gradient_free": "square",
+              "eps_grid": [0.05, 0.15, 0.4], "iter_grid": [5, 25]}  # fmt: skip
+    objective = Robustness({"fgsm": attacks["apgd_ce"]}, ensemble=ensemble, sanity=sanity)
+    small = batch.subset(range(40))
+    plain, _ = objective.evaluate(trained_default["model"], small, 100, seed=0)
+    masked, _ = objective.evaluate(Rounded(trained_default["model"]), small, 100, seed=0)
+    assert plain["sanity"]["n"] == 40 and plain["sanity"]["eps"] == [0.05, 0.15, 0.4]
+    assert objective.columns(plain)["sanity"] == "ok", plain["sanity"]
+    cell = objective.columns(masked)["sanity"]
+    assert cell.startswith("fails ") and "near_zero_at_large_eps" in cell, masked["sanity"]
+    # Validation evaluations (a subset of the attacks) skip it; a bad attack name is refused.
+    part, _ = objective.evaluate(trained_default["model"], small, 100, seed=0, only=["fgsm"])
+    assert "sanity" not in part
+    with pytest.raises(ValueError, match="objective.sanity.gradient='pgd' is not an attack"):
+        Robustness({}, ensemble=ensemble, sanity={**sanity, "gradient": "pgd"})

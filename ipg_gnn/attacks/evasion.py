@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ipg_gnn.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class AttackResult:
@@ -113,6 +115,14 @@ class Attack:
             raise ValueError(f"x has {len(x)} samples but y has {len(y)}")
         if len(x) == 0:
             raise ValueError(f"{self.name}: nothing to attack (empty batch)")
+        from art.attacks.evasion import SquareAttack
+
+        if getattr(self.art_attack, "func", None) is SquareAttack and min(x.shape[-2:]) < 2:
+            raise ConfigError(
+                f"attack {self.name}: Square perturbs square image tiles, and these inputs are "
+                f"{tuple(x.shape[1:])} (tabular rows?); leave it out of `attack` and use "
+                "robust_eval=none"
+            )
         classifier = art_classifier(model, x, self.clip_values)
         attack = self.art_attack(classifier)
         chunks = []

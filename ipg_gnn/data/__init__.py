@@ -11,6 +11,7 @@ from ipg_gnn.data.sources import (
     mnist_subset,
 )
 from ipg_gnn.data.splits import SPLITS, Splits, SplitSpec, make_splits
+from ipg_gnn.data.tabular import adult, german_credit
 
 __all__ = [
     "SPLITS",
@@ -19,9 +20,11 @@ __all__ = [
     "Images",
     "SplitSpec",
     "Splits",
+    "adult",
     "cifar10",
     "digits",
     "fashion_mnist",
+    "german_credit",
     "make_splits",
     "mnist",
     "mnist_subset",

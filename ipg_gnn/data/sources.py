@@ -12,7 +12,8 @@ import hashlib
 import shutil
 import tarfile
 import urllib.request
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +25,13 @@ from ipg_gnn.runs.io import atomic_write
 
 @dataclass(frozen=True)
 class Images:
-    """A labelled image tensor pair; `x` is float32 (N, C, H, W) in [0, 1], `y` int64 (N,)."""
+    """A labelled image tensor pair; `x` is float32 (N, C, H, W) in [0, 1], `y` int64 (N,).
+    `groups` names attributes of each input that are not model inputs (e.g. a tabular row's
+    sex), int64 (N,) each: the populations a fairness analysis compares."""
 
     x: torch.Tensor
     y: torch.Tensor
+    groups: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.x.ndim != 4 or self.y.ndim != 1 or len(self.x) != len(self.y):
@@ -35,19 +39,22 @@ class Images:
                 f"Images needs x (N, C, H, W) and y (N,); got {tuple(self.x.shape)} "
                 f"and {tuple(self.y.shape)}"
             )
+        for name, g in self.groups.items():
+            if g.shape != self.y.shape:
+                raise ValueError(f"group {name!r} has shape {tuple(g.shape)}, not (N,) of y")
 
     def __len__(self) -> int:
         return len(self.y)
 
     def subset(self, indices: np.ndarray | torch.Tensor) -> Images:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        return Images(self.x[idx], self.y[idx])
+        return Images(self.x[idx], self.y[idx], {k: g[idx] for k, g in self.groups.items()})
 
     def fingerprint(self) -> str:
-        """A hash of the exact inputs and labels: artefacts built from them (a trained target,
-        IPG stores) carry it, so other data with the same config never reuses them."""
+        """A hash of the exact inputs, labels and groups: artefacts built from them (a trained
+        target, IPG stores) carry it, so other data with the same config never reuses them."""
         h = hashlib.blake2b(digest_size=8)
-        for t in (self.x, self.y):
+        for t in (self.x, self.y, *(self.groups[k] for k in sorted(self.groups))):
             h.update(f"{t.dtype}{tuple(t.shape)}".encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()

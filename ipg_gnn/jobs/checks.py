@@ -17,11 +17,9 @@ from typing import Annotated, Any, Literal
 
 from omegaconf import DictConfig, OmegaConf
 
-from ipg_gnn.errors import UserError
+from ipg_gnn.errors import ConfigError
 
-
-class ConfigError(UserError, ValueError):
-    """A setting is out of its range; the message names the key."""
+__all__ = ["ConfigError", "RepairSettings", "TrainSettings", "check_settings"]
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from torch import nn
 from ipg_gnn.data import Images
 from ipg_gnn.explain import Attribution, Attributor
 from ipg_gnn.graphs import IPGDataset, Topology
-from ipg_gnn.jobs.checks import RepairSettings, check_settings
+from ipg_gnn.jobs.checks import ConfigError, RepairSettings, check_settings
 from ipg_gnn.jobs.stages import build, build_ipg_datasets, ipg_dataset, make_objective
 from ipg_gnn.objectives import Contrast, Objective
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
@@ -60,8 +60,9 @@ def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMetho
     names = ["targeted", *cfg.repair.baselines]
     unknown = [n for n in names if n not in cfg.repair.methods]
     if unknown:
-        raise ValueError(
-            f"unknown repair methods {unknown}; known: {', '.join(cfg.repair.methods)}"
+        raise ConfigError(
+            f"repair.baselines: unknown repair methods {unknown}; known: "
+            f"{', '.join(cfg.repair.methods)}"
         )
     methods = {n: build(cfg.repair.methods[n], f"repair.methods.{n}") for n in names}
     loss_keys = list(getattr(objective, "loss", {}))
@@ -79,11 +80,17 @@ def repair_components(
     methods = make_methods(cfg, objective)
     unknown = sorted(set(cfg.repair.val_evaluations) - set(objective.evaluation_names()))
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"repair.val_evaluations names {unknown}, not among the objective's evaluations "
             f"({', '.join(objective.evaluation_names())})"
         )
     attributor: Attributor = build(cfg.explainer, "explainer")
+    contrasts = make_objective(run.cfg).contrasts()
+    if attributor.contrast not in contrasts:
+        raise ConfigError(
+            f"explainer.contrast={attributor.contrast} is not a contrast population of the "
+            f"train run {run.directory} ({', '.join(contrasts)}); pick one of those"
+        )
     example = run.splits.images(run.data, "repair").x[:1]
     planned_layers(cfg, trace(run.model, example).weight_layers())
     return objective, methods, attributor
@@ -114,10 +121,7 @@ class RepairSplitSource:
     def contrast(self, name: str) -> Contrast:
         contrasts = self.objective.contrasts()
         if name not in contrasts:
-            raise ValueError(
-                f"explainer.contrast={name} was not a contrast population of the train run "
-                f"({', '.join(contrasts)})"
-            )
+            raise ConfigError(f"{name} is not a contrast population of the train run")
         return contrasts[name]
 
     def ipg_dataset(self, contrast: str) -> IPGDataset:

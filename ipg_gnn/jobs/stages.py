@@ -28,6 +28,7 @@ from ipg_gnn.data import ImageDataset, Splits, make_splits
 from ipg_gnn.detect import Activations, evaluate_scores, fit_detector, score_graphs
 from ipg_gnn.detect.report import markdown_report, plot_roc_curves, plot_transfer
 from ipg_gnn.graphs import GraphStore, IPGDataset, build_store, prepare_capture
+from ipg_gnn.jobs.checks import ConfigError
 from ipg_gnn.objectives import Objective
 from ipg_gnn.provenance import CaptureConfig
 from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
@@ -51,7 +52,7 @@ def build(node: DictConfig, key: str) -> Any:
     try:
         return instantiate(node)
     except InstantiationException as e:
-        raise ValueError(f"{key}: {e.__cause__ or e}") from e.__cause__
+        raise ConfigError(f"{key}: {e.__cause__ or e}") from e.__cause__
 
 
 def make_objective(cfg: DictConfig) -> Objective:
@@ -134,7 +135,10 @@ def build_ipg_datasets(
     chosen = objective.contrasts()
     unknown = sorted(set(contrasts or []) - set(chosen))
     if unknown:
-        raise ValueError(f"no contrast populations {unknown}; this objective has {list(chosen)}")
+        raise ConfigError(
+            f"detector.contrasts: no contrast populations {unknown}; this objective has "
+            f"{list(chosen)}"
+        )
     populations = {
         objective.reference: None,
         **{n: c for n, c in chosen.items() if contrasts is None or n in contrasts},

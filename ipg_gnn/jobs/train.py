@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ipg_gnn.jobs.checks import TrainSettings, check_settings
+from ipg_gnn.jobs.checks import ConfigError, TrainSettings, check_settings
 from ipg_gnn.jobs.stages import (
     DETECTOR_SPLITS,
     build_ipg_datasets,
@@ -35,7 +35,7 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     check_settings(cfg, TrainSettings)
     missing = [s for s in DETECTOR_SPLITS if s not in cfg.ipg.splits]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"ipg.splits must include {', '.join(DETECTOR_SPLITS)} (the detector trains, "
             f"selects and tests on them); missing {', '.join(missing)}"
         )

@@ -26,7 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
-from ipg_gnn.attacks import Attack, robust_accuracy, seed_attack_rng
+from ipg_gnn.attacks import Attack, robust_accuracy, sanity_checks, seed_attack_rng
 from ipg_gnn.data import Images
 from ipg_gnn.objectives.base import Contrast, Contrasted, Objective
 from ipg_gnn.runs.keys import config_key, plain
@@ -116,6 +116,7 @@ class Robustness(Objective):
         ensemble: Mapping[str, Any] | None = None,
         train_attack: Any = None,
         loss: Mapping[str, float] | None = None,
+        sanity: Mapping[str, Any] | None = None,
     ) -> None:
         self.ensemble = {
             n: a if isinstance(a, Attack) else instantiate(a, name=n)
@@ -135,6 +136,13 @@ class Robustness(Objective):
             instantiate(train_attack) if isinstance(train_attack, DictConfig) else train_attack
         )
         self.loss = dict(loss or {})
+        self.sanity = dict(sanity or {})
+        for role in ("gradient", "gradient_free"):
+            if self.sanity and self.sanity[role] not in self.ensemble:
+                raise ValueError(
+                    f"objective.sanity.{role}={self.sanity[role]!r} is not an attack of the "
+                    f"robust_eval ensemble ({', '.join(self.ensemble)})"
+                )
 
     def contrasts(self) -> dict[str, Contrast]:
         return {n: AttackContrast(n, a, self.keys[n]) for n, a in self.attacks.items()}
@@ -228,6 +236,8 @@ class Robustness(Objective):
                 ensemble = robust_accuracy(model, x, y, self.ensemble, seed)
                 robust[survivors] = ensemble.robust
                 report["ensemble"] = {**ensemble.summary(), "attacked": len(survivors)}
+            if self.sanity:
+                report["sanity"] = self.sanity_checks(model, images, seed)
         report["robust_acc"] = float(robust.float().mean())
         report["gradient_masking"] = self.masking_flag(report["adv_acc"])
         if transfer_from:
@@ -236,6 +246,22 @@ class Robustness(Objective):
                 for name, x in transfer_from.items()
             }
         return report, examples
+
+    def sanity_checks(self, model: nn.Module, images: Images, seed: int) -> dict[str, Any]:
+        """The sanity checks on the first `sanity.n` inputs (see the class docstring)."""
+        settings = {
+            k: v for k, v in self.sanity.items() if k not in ("n", "gradient", "gradient_free")
+        }
+        n = self.sanity["n"]
+        return sanity_checks(
+            model,
+            images.x[:n],
+            images.y[:n],
+            self.ensemble[self.sanity["gradient"]],
+            self.ensemble[self.sanity["gradient_free"]],
+            seed=seed,
+            **settings,
+        )
 
     def masking_flag(self, adv_acc: Mapping[str, float], gap: float = 0.05) -> bool | None:
         """True when a gradient-free attack leaves clearly less accuracy (by more than `gap`)
@@ -250,6 +276,9 @@ class Robustness(Objective):
             " (masking?)" if result.get("gradient_masking") else ""
         )
         cells = {"clean": f"{result['clean_acc']:.2%}", "robust": robust}
+        if "sanity" in result:
+            failed = [k for k, ok in result["sanity"]["checks"].items() if not ok]
+            cells["sanity"] = "ok" if not failed else "fails " + ", ".join(failed)
         attacks = list(result["adv_acc"])
         if validation:
             return cells | {a: f"{result['adv_acc'][a]:.2%}" for a in attacks}
@@ -266,5 +295,7 @@ class Robustness(Objective):
             f"ensemble: {ensemble}; on validation, over the validation attacks). Adaptive: "
             "attacks re-crafted against each model. Transfer: the original model's adversarial "
             "examples. 'masking?': a gradient-free attack beat every gradient attack by more "
-            "than 5 points (gradient masking suspected)."
+            "than 5 points (gradient masking suspected). Sanity: accuracy falls with eps to "
+            "about 0, more iterations never help the model, the gradient-free attack is not "
+            "much stronger (see docs/robust_eval.md); a failed check names itself."
         )

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ipg_gnn.data import Images
+from ipg_gnn.errors import ConfigError
 from ipg_gnn.objectives import Objective
 from ipg_gnn.plan import RepairPlan
 from ipg_gnn.provenance import CapturePlan
@@ -53,7 +54,7 @@ class RepairMethod(ABC):
         draws: int = 1,
     ) -> None:
         if draws < 1:
-            raise ValueError(f"a repair method's draws must be >= 1; got {draws}")
+            raise ConfigError(f"a repair method's draws must be >= 1; got {draws}")
         self.finetune, self.loss, self.draws = dict(finetune or {}), dict(loss or {}), draws
 
     def check(self, name: str, finetune: Sequence[str], loss: Sequence[str]) -> None:
@@ -64,7 +65,7 @@ class RepairMethod(ABC):
         ):
             unknown = sorted(set(given) - set(known))
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"repair.methods.{name}.{kind} sets unknown settings {unknown}; "
                     f"known: {', '.join(known)}"
                 )
@@ -119,7 +120,7 @@ class LayerFinetune(MaskedFinetune):
     def __init__(self, layers: str = "all", **kwargs) -> None:
         super().__init__(**kwargs)
         if layers not in ("last", "all"):
-            raise ValueError(f"LayerFinetune layers must be 'last' or 'all'; got {layers!r}")
+            raise ConfigError(f"LayerFinetune layers must be 'last' or 'all'; got {layers!r}")
         self.layers = layers
 
     def targets(self, ctx, model, draw):
