@@ -13,6 +13,7 @@ from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.explain import (
     GNNExplainer,
     IntegratedGradients,
+    PairedIntegratedGradients,
     PGExplainer,
     Saliency,
     flow_difference,
@@ -44,6 +45,7 @@ EXPLAINERS = [
     IntegratedGradients("fgsm", batch_size=8),
     GNNExplainer("fgsm", batch_size=8, epochs=2),
     PGExplainer("fgsm", batch_size=8, epochs=2),
+    PairedIntegratedGradients("fgsm", batch_size=8, steps=4),
 ]
 
 
@@ -60,6 +62,38 @@ def test_every_explainer_gives_contrasted_node_and_edge_importances(explainer, i
     assert a.edge.shape == (topology.edge_index.shape[1],)
     assert torch.isfinite(a.node).all() and float(a.edge_contrast.abs().sum()) > 0
     torch.testing.assert_close(a.node, a.node_contrast - a.node_reference)
+
+
+def test_paired_ig_splits_each_inputs_logit_change_over_units_and_weights(ipgs, detector):  # noqa: F811
+    from torch_geometric.data import Batch
+
+    from ipg_gnn.explain.detector import paired_graphs, path_integrated_gradients
+
+    test = ipgs["test"]
+    pairs = paired_graphs(test)[:6]
+    meta = test.meta
+    assert torch.equal(meta["source_index"][pairs[:, 0]], meta["source_index"][pairs[:, 1]])
+    assert not meta["is_contrast"][pairs[:, 0]].any() and meta["is_contrast"][pairs[:, 1]].all()
+    reference = Batch.from_data_list([test[int(i)] for i in pairs[:, 0]])
+    contrast = Batch.from_data_list([test[int(i)] for i in pairs[:, 1]])
+    node, edge = path_integrated_gradients(detector, reference, contrast, steps=64)
+    with torch.no_grad():
+        change = detector(contrast.x, contrast.edge_index, contrast.edge_attr, contrast.batch)
+        change -= detector(reference.x, reference.edge_index, reference.edge_attr, reference.batch)
+    per_graph = torch.zeros(len(pairs)).index_add_(0, reference.batch, node.sum(-1))
+    edge_graph = reference.batch[reference.edge_index[0]]
+    per_graph.index_add_(0, edge_graph, edge.sum(-1))
+    # Completeness: the attributions add up to the logit's change (midpoint rule's error aside).
+    torch.testing.assert_close(per_graph, change.flatten(), rtol=0.02, atol=0.02)
+    assert float(change.abs().max()) > 0.05, "the check needs logit changes to split"
+    a = PairedIntegratedGradients("fgsm", batch_size=4, steps=8).attribute(
+        detector, test[torch.cat([pairs[:, 0], pairs[:, 1]])], progress=False
+    )
+    assert set(a.stability) == {
+        "spearman_halves",
+        f"top{round(0.1 * test.topology.num_nodes)}_overlap",
+    }
+    assert -1 <= a.stability["spearman_halves"] <= 1
 
 
 def test_flow_difference_matches_a_hand_computation():
