@@ -338,6 +338,17 @@ def test_repair_job_end_to_end(tmp_path):
     text = summary([str(tmp_path)])
     assert "| net.3 | node | 2 |" in text and (tmp_path / "summary.json").is_file()
     assert (tmp_path / "summary.png").stat().st_size > 10_000
+    # Every baseline's model is kept; the independent check attacks each model the report scored.
+    assert (run / "models" / "random.pt").is_file() and (
+        run / "models" / "activation_patch.pt"
+    ).is_file()
+    from ipg_gnn.tools.reference_check import reference_check
+
+    rows = reference_check(run, steps=5, restarts=1)
+    assert set(rows) == {"before", "after", "random", "activation_patch"}
+    assert rows["after"]["reported"] == report["after"]["robust_acc"]
+    assert all(0 <= r["reference"] <= report["before"]["clean_acc"] + 1e-9 for r in rows.values())
+    assert json.loads((run / "reference_check.json").read_text())["models"] == rows
     bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_evaluations=[pgd]"])
     with pytest.raises(ValueError, match="not among the objective's evaluations"):
         run_repair(bad)
@@ -517,3 +528,71 @@ def test_flat_metrics_keeps_scores_and_drops_budgets_counts_and_traces():
         "after/params_changed": 702.0,
         "plan/targets/net.3": 2.0,
     }
+
+
+class CrossEntropy:
+    """A deterministic repair loss for look-ahead checks (the adversarial one crafts randomly)."""
+
+    def attach(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def __call__(self, model, x, y, step):
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def test_lookahead_gain_measures_the_loss_fall_of_adapting_a_copy(trained_default):
+    from ipg_gnn.repair.lookahead import lookahead_gain
+
+    images = trained_default["splits"].images(trained_default["data"], "repair")
+    train, val = images.subset(range(0, len(images), 2)), images.subset(range(1, len(images), 2))
+    torch.manual_seed(0)
+    fresh = MLP((1, 28, 28), 10, (32,)).eval()
+    snapshot = {k: v.clone() for k, v in fresh.state_dict().items()}
+    none = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in fresh.named_parameters()}
+    with pytest.raises(ValueError, match="allow no parameter to change"):
+        lookahead_gain(fresh, none, train, val, CrossEntropy(), steps=5, batch_size=32)
+    every = all_masks(fresh)
+    learned = lookahead_gain(
+        fresh, every, train, val, CrossEntropy(), steps=5, lr=1e-2, batch_size=32
+    )
+    by_hand = torch.nn.functional.cross_entropy(fresh(val.x), val.y)
+    assert learned["before"] == pytest.approx(float(by_hand), rel=1e-5)
+    assert learned["gain"] == pytest.approx(1 - learned["after"] / learned["before"])
+    assert learned["gain"] > 0.1, learned
+    # A copy was adapted: the model itself is untouched.
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in snapshot.items())
+    with pytest.raises(ValueError, match="needs 3200 inputs"):
+        lookahead_gain(fresh, every, train, val, CrossEntropy(), steps=100, batch_size=32)
+
+
+def test_plan_quality_scores_each_explainer_against_random_plans(tmp_path):
+    from ipg_gnn.jobs.plan_quality import run_plan_quality
+
+    tiny_train_run(tmp_path)
+    cfg = compose_config(
+        "plan_quality",
+        tmp_path,
+        [
+            "attack=[fgsm,pgd]",
+            "logger=none",
+            "~study.explainers.saliency",
+            "study.explainers.paired_ig.steps=4",
+            "study.fractions=[0.1,0.5]",
+            "study.draws=2",
+            "study.steps=2",
+            "study.batch_size=8",
+            "repair.layer=net.3",
+            "objective.train_attack.art_attack.max_iter=3",
+        ],
+    )
+    result = run_plan_quality(cfg)
+    assert set(result["explainers"]) == {"flow_difference", "paired_ig"}
+    for row in result["explainers"].values():
+        assert len(row["gain"]) == len(row["random_mean"]) == 2
+        assert all(abs(g) < 1 for g in row["gain"])
+    assert "spearman_halves" in result["explainers"]["paired_ig"]["stability"]
+    run = tmp_path / "run"
+    assert json.loads((run / "plan_quality.json").read_text())["fractions"] == [0.1, 0.5]
+    assert (run / "plan_quality.png").stat().st_size > 10_000
