@@ -320,6 +320,8 @@ def _repair(
     arch = target_arch(run.cfg, run.data)
     targeted = models.pop("targeted")
     save_checkpoint(out / "repaired.pt", targeted, arch, {"plan": str(out / "repair_plan.json")})
+    # An inference-time patch (forward hooks on a copy) is no checkpoint of the architecture.
+    models = {n: m for n, m in models.items() if type(m) is type(run.model)}
     for name, model in models.items():
         save_checkpoint(out / "models" / f"{name}.pt", model, arch, {"method": name})
     curves = finetune_curves(

@@ -37,9 +37,10 @@ def _models(directory: Path) -> tuple[dict[str, nn.Module], dict[str, Any], Any]
 
 
 def reported_robust(report: dict[str, Any], name: str) -> float:
-    """A model's robust accuracy as the repair report gives it."""
+    """A model's robust accuracy as the repair report gives it (a method of several draws: its
+    first draw, the model kept)."""
     result = report[name] if name in ("before", "after") else report["baselines"][name]
-    return float(result["robust_acc"])
+    return float(result.get("draws", [result])[0]["robust_acc"])
 
 
 def reference_check(
