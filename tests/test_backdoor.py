@@ -119,6 +119,25 @@ def test_fine_pruning_by_the_papers_rule_stops_before_accuracy_drops():
     assert method.pruned == [0, 1]  # pruning unit 2 too would lose the only input
 
 
+def test_a_pruning_that_never_comes_back_within_tolerance_returns_the_original():
+    model = MLP((1, 1, 2), 2, widths=[3]).eval()
+    with torch.no_grad():
+        model.net[1].weight.copy_(torch.tensor([[0.0, 0], [1, 0], [2, 0]]))
+        model.net[1].bias.zero_()
+        model.net[3].weight.copy_(torch.tensor([[0.0, 0, 1], [0, 0, 0]]))
+        model.net[3].bias.copy_(torch.tensor([0.0, 1.0]))
+    images = Images(torch.tensor([[1.0, 0.0]]).reshape(1, 1, 1, 2), torch.tensor([0]))
+    ctx = _ctx(model, images)
+    ctx.objective = Backdoor(PATTERN)
+    ctx.finetune = {"epochs": 1, "lr": 1e-9, "tolerance": 0.01, "progress": False}
+    # Pruning every input of the head loses the only input; a step of lr 1e-9 cannot recover it.
+    repaired, info = FinePruning(fraction=1.0)(ctx)
+    kept = repaired.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    assert not info["within_tolerance"] and info["params_changed"] == 0
+    assert info["units_pruned"] == 3
+
+
 def test_backdoor_objective_runs_both_jobs(tmp_path):
     from ipg_gnn.jobs.repair import run_repair
     from ipg_gnn.jobs.train import run_train

@@ -61,7 +61,10 @@ def masked_finetune(
     masks = {name: m.to(device) for name, m in masks.items()}
     optimizer = torch.optim.Adam(trainable.values(), lr=lr)
     model.eval()
-    baseline_acc = accuracy(model, val) if baseline_acc is None else baseline_acc
+    start_acc = accuracy(model, val)
+    baseline_acc = start_acc if baseline_acc is None else baseline_acc
+    # Whether the weights kept were ever within tolerance (the start is not, after a pruning).
+    within = baseline_acc - start_acc <= tolerance
     # Only trainable tensors ever change, so they alone are kept as the last good state.
     kept = {name: p.detach().clone() for name, p in trainable.items()}
 
@@ -107,7 +110,7 @@ def masked_finetune(
                     }
                 )
                 if baseline_acc - acc <= tolerance:
-                    strikes = 0
+                    strikes, within = 0, True
                     kept = {name: p.detach().clone() for name, p in trainable.items()}
                     continue
                 strikes += 1
@@ -122,6 +125,7 @@ def masked_finetune(
     return {
         "val_clean_acc_before": baseline_acc,
         "history": history,
+        "within_tolerance": within,
         **changed_params(model, original),
     }
 

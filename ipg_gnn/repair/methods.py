@@ -115,6 +115,9 @@ class MaskedFinetune(RepairMethod):
             baseline_acc=accuracy(ctx.model, ctx.val),
             **self.schedule(ctx),
         )
+        if not info["within_tolerance"]:
+            # Pruned, and clean accuracy never came back within tolerance: no repair.
+            model = copy.deepcopy(ctx.model)
         # Counted against the original: entries pruned before fine-tuning changed too.
         info |= changed_params(model, dict(ctx.model.named_parameters()))
         info["params_allowed"] = count_allowed(masks)
