@@ -105,28 +105,28 @@ def test_fine_pruning_prunes_the_most_dormant_inputs_of_the_last_layer():
     assert masks["net.1.weight"].all()
 
 
-def test_fine_pruning_by_the_papers_rule_stops_before_accuracy_drops():
+def _one_input_model() -> tuple[nn.Module, Images]:
+    """Hidden units with means 0, 1, 2 on the one input; only unit 2 votes for its true class 0
+    (over class 1's bias)."""
     model = MLP((1, 1, 2), 2, widths=[3]).eval()
     with torch.no_grad():
-        # Units' means 0, 1, 2; only unit 2 votes for the true class 0 over class 1's bias.
         model.net[1].weight.copy_(torch.tensor([[0.0, 0], [1, 0], [2, 0]]))
         model.net[1].bias.zero_()
         model.net[3].weight.copy_(torch.tensor([[0.0, 0, 1], [0, 0, 0]]))
         model.net[3].bias.copy_(torch.tensor([0.0, 1.0]))
     images = Images(torch.tensor([[1.0, 0.0]]).reshape(1, 1, 1, 2), torch.tensor([0]))
+    return model, images
+
+
+def test_fine_pruning_by_the_papers_rule_stops_before_accuracy_drops():
+    model, images = _one_input_model()
     method = FinePruning(max_drop=0.04)
     method.targets(_ctx(model, images), model, 0)
     assert method.pruned == [0, 1]  # pruning unit 2 too would lose the only input
 
 
 def test_a_pruning_that_never_comes_back_within_tolerance_returns_the_original():
-    model = MLP((1, 1, 2), 2, widths=[3]).eval()
-    with torch.no_grad():
-        model.net[1].weight.copy_(torch.tensor([[0.0, 0], [1, 0], [2, 0]]))
-        model.net[1].bias.zero_()
-        model.net[3].weight.copy_(torch.tensor([[0.0, 0, 1], [0, 0, 0]]))
-        model.net[3].bias.copy_(torch.tensor([0.0, 1.0]))
-    images = Images(torch.tensor([[1.0, 0.0]]).reshape(1, 1, 1, 2), torch.tensor([0]))
+    model, images = _one_input_model()
     ctx = _ctx(model, images)
     ctx.objective = Backdoor(PATTERN)
     ctx.finetune = {"epochs": 1, "lr": 1e-9, "tolerance": 0.01, "progress": False}

@@ -8,6 +8,7 @@ from ipg_gnn.objectives.backdoor import (
     attack_success_rate,
 )
 from ipg_gnn.objectives.base import (
+    ConsistencyLoss,
     ConsistencyTerm,
     Contrast,
     Contrasted,
@@ -21,6 +22,7 @@ __all__ = [
     "AttackContrast",
     "Backdoor",
     "BackdoorLoss",
+    "ConsistencyLoss",
     "ConsistencyTerm",
     "Contrast",
     "Contrasted",

@@ -20,7 +20,6 @@ trigger-blind defender can run.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -29,7 +28,7 @@ from art.attacks.poisoning import PoisoningAttackBackdoor
 from torch import nn
 
 from ipg_gnn.data import Images
-from ipg_gnn.objectives.base import ConsistencyTerm, Contrast, Contrasted, Objective
+from ipg_gnn.objectives.base import ConsistencyLoss, Contrast, Contrasted, Objective
 from ipg_gnn.runs.keys import config_key
 from ipg_gnn.targets import accuracy, predict
 
@@ -71,7 +70,7 @@ class TriggerContrast(Contrast):
         return Contrasted(triggered, pred, (y != self.target_class) & (pred == self.target_class))
 
 
-class BackdoorLoss:
+class BackdoorLoss(ConsistencyLoss):
     """Cross-entropy on clean inputs, plus (`consistency_weight` > 0) the squared distance of
     the repaired `units`' outputs on triggered inputs to their clean outputs."""
 
@@ -83,10 +82,7 @@ class BackdoorLoss:
         consistency_weight: float = 0.0,
     ) -> None:
         self.trigger, self.clean_weight = trigger, clean_weight
-        self.consistency = ConsistencyTerm(units, consistency_weight)
-
-    def attach(self, model: nn.Module) -> AbstractContextManager:
-        return self.consistency.attach(model)
+        super().__init__(units, consistency_weight)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int

@@ -103,6 +103,17 @@ class ConsistencyTerm:
         return self.weight * sum((self.outputs[k] - clean[k]).pow(2).mean() for k in clean)
 
 
+class ConsistencyLoss:
+    """Base of a repair loss with a `ConsistencyTerm` on the repaired units, recorded while the
+    loss is attached to the model being repaired."""
+
+    def __init__(self, units: Mapping[str, Sequence[int]], consistency_weight: float) -> None:
+        self.consistency = ConsistencyTerm(units, consistency_weight)
+
+    def attach(self, model: nn.Module) -> AbstractContextManager:
+        return self.consistency.attach(model)
+
+
 class Objective(ABC):
     """The failure a run studies; see the module docstring for what it supplies."""
 

@@ -18,7 +18,6 @@ Square) run as a cascade on the inputs still standing. Each attack's own accurac
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 
 from ipg_gnn.attacks import Attack, robust_accuracy, seed_attack_rng
 from ipg_gnn.data import Images
-from ipg_gnn.objectives.base import ConsistencyTerm, Contrast, Contrasted, Objective
+from ipg_gnn.objectives.base import ConsistencyLoss, Contrast, Contrasted, Objective
 from ipg_gnn.runs.keys import config_key, plain
 from ipg_gnn.targets import accuracy, predict
 
@@ -46,7 +45,7 @@ class AttackContrast(Contrast):
         return Contrasted(result.x_adv, result.pred, result.success)
 
 
-class AdversarialLoss:
+class AdversarialLoss(ConsistencyLoss):
     """Cross-entropy on clean and on freshly crafted adversarial inputs, plus the consistency
     term on `units` (layer -> unit indices) when `consistency_weight` > 0."""
 
@@ -61,11 +60,7 @@ class AdversarialLoss:
     ) -> None:
         self.attack, self.units, self.seed = attack, units, seed
         self.clean_weight, self.adv_weight = clean_weight, adv_weight
-        self.consistency = ConsistencyTerm(units, consistency_weight)
-
-    def attach(self, model: nn.Module) -> AbstractContextManager:
-        """Record the repaired units' outputs while the loss is in use (consistency term)."""
-        return self.consistency.attach(model)
+        super().__init__(units, consistency_weight)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
