@@ -1,14 +1,35 @@
 """Objectives: the failure a run studies (the only package that knows one from another)."""
 
-from ipg_gnn.objectives.base import Contrast, Contrasted, Objective, RepairLoss
+from ipg_gnn.objectives.backdoor import (
+    Backdoor,
+    BackdoorLoss,
+    Trigger,
+    TriggerContrast,
+    attack_success_rate,
+)
+from ipg_gnn.objectives.base import (
+    ConsistencyLoss,
+    ConsistencyTerm,
+    Contrast,
+    Contrasted,
+    Objective,
+    RepairLoss,
+)
 from ipg_gnn.objectives.robustness import AdversarialLoss, AttackContrast, Robustness
 
 __all__ = [
     "AdversarialLoss",
     "AttackContrast",
+    "Backdoor",
+    "BackdoorLoss",
+    "ConsistencyLoss",
+    "ConsistencyTerm",
     "Contrast",
     "Contrasted",
     "Objective",
     "RepairLoss",
     "Robustness",
+    "Trigger",
+    "TriggerContrast",
+    "attack_success_rate",
 ]

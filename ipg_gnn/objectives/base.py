@@ -15,8 +15,9 @@ Stages take these from an objective and never ask which one it is.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -60,6 +61,57 @@ class RepairLoss(Protocol):
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
     ) -> torch.Tensor: ...
+
+
+class ConsistencyTerm:
+    """The optional term of a repair loss that keeps the repaired units' (layer -> unit indices)
+    outputs on a contrast input close to their values on the clean input: forward hooks record
+    the units' outputs at each forward pass while `attach` holds (nothing when `weight` is 0)."""
+
+    def __init__(self, units: Mapping[str, Sequence[int]], weight: float) -> None:
+        if weight and not units:
+            raise ValueError("the consistency term needs the repaired units")
+        self.units = units if weight else {}
+        self.weight = weight
+        self.outputs: dict[str, torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def attach(self, model: nn.Module) -> Iterator[None]:
+        hooks = []
+        for layer, idx in self.units.items():
+            index = torch.as_tensor(list(idx), dtype=torch.long)
+
+            def hook(module, args, out, layer=layer, index=index):
+                self.outputs[layer] = out[:, index.to(out.device)]
+
+            hooks.append(model.get_submodule(layer).register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+
+    def clean(self) -> dict[str, torch.Tensor]:
+        """The outputs of the last forward pass (a clean input), cut from the graph."""
+        return {k: v.detach() for k, v in self.outputs.items()}
+
+    def __call__(self, clean: Mapping[str, torch.Tensor]) -> torch.Tensor | float:
+        """`weight` x the mean squared distance of the last forward pass's outputs (a contrast
+        input) to `clean`, summed over layers (0 when off)."""
+        if not (self.weight and clean):
+            return 0.0
+        return self.weight * sum((self.outputs[k] - clean[k]).pow(2).mean() for k in clean)
+
+
+class ConsistencyLoss:
+    """Base of a repair loss with a `ConsistencyTerm` on the repaired units, recorded while the
+    loss is attached to the model being repaired."""
+
+    def __init__(self, units: Mapping[str, Sequence[int]], consistency_weight: float) -> None:
+        self.consistency = ConsistencyTerm(units, consistency_weight)
+
+    def attach(self, model: nn.Module) -> AbstractContextManager:
+        return self.consistency.attach(model)
 
 
 class Objective(ABC):

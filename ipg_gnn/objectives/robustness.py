@@ -17,8 +17,7 @@ Square) run as a cascade on the inputs still standing. Each attack's own accurac
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 
 from ipg_gnn.attacks import Attack, robust_accuracy, sanity_checks, seed_attack_rng
 from ipg_gnn.data import Images
-from ipg_gnn.objectives.base import Contrast, Contrasted, Objective
+from ipg_gnn.objectives.base import ConsistencyLoss, Contrast, Contrasted, Objective
 from ipg_gnn.runs.keys import config_key, plain
 from ipg_gnn.targets import accuracy, predict
 
@@ -46,7 +45,7 @@ class AttackContrast(Contrast):
         return Contrasted(result.x_adv, result.pred, result.success)
 
 
-class AdversarialLoss:
+class AdversarialLoss(ConsistencyLoss):
     """Cross-entropy on clean and on freshly crafted adversarial inputs, plus the consistency
     term on `units` (layer -> unit indices) when `consistency_weight` > 0."""
 
@@ -59,30 +58,9 @@ class AdversarialLoss:
         adv_weight: float = 1.0,
         consistency_weight: float = 0.0,
     ) -> None:
-        if consistency_weight and not units:
-            raise ValueError("the consistency term needs the repaired units")
         self.attack, self.units, self.seed = attack, units, seed
         self.clean_weight, self.adv_weight = clean_weight, adv_weight
-        self.consistency_weight = consistency_weight
-        self.outputs: dict[str, torch.Tensor] = {}
-
-    @contextlib.contextmanager
-    def attach(self, model: nn.Module) -> Iterator[None]:
-        """Record the repaired units' outputs while the loss is in use (consistency term)."""
-        hooks = []
-        if self.consistency_weight:
-            for layer, idx in self.units.items():
-                index = torch.as_tensor(list(idx), dtype=torch.long)
-
-                def hook(module, args, out, layer=layer, index=index):
-                    self.outputs[layer] = out[:, index.to(out.device)]
-
-                hooks.append(model.get_submodule(layer).register_forward_hook(hook))
-        try:
-            yield
-        finally:
-            for h in hooks:
-                h.remove()
+        super().__init__(units, consistency_weight)
 
     def __call__(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
@@ -91,12 +69,9 @@ class AdversarialLoss:
         x_adv = self.attack(model, x, y).x_adv.to(x.device)
         ce = nn.functional.cross_entropy
         loss = self.clean_weight * ce(model(x), y)
-        clean_units = {k: v.detach() for k, v in self.outputs.items()}
+        clean_units = self.consistency.clean()
         loss = loss + self.adv_weight * ce(model(x_adv), y)
-        if self.consistency_weight and self.outputs:
-            loss = loss + self.consistency_weight * sum(
-                (self.outputs[k] - clean_units[k]).pow(2).mean() for k in self.outputs
-            )
+        loss = loss + self.consistency(clean_units)
         return loss
 
 

@@ -11,6 +11,7 @@ from ipg_gnn.repair.masks import (
 )
 from ipg_gnn.repair.methods import (
     ActivationPatch,
+    FinePruning,
     LayerFinetune,
     MaskedFinetune,
     PatchedModel,
@@ -22,6 +23,7 @@ from ipg_gnn.repair.methods import (
 
 __all__ = [
     "ActivationPatch",
+    "FinePruning",
     "LayerFinetune",
     "MaskedFinetune",
     "Masks",

@@ -42,8 +42,11 @@ def masked_finetune(
     patience: int | None = 1,
     seed: int = 0,
     progress: bool = True,
+    baseline_acc: float | None = None,
 ) -> dict:
-    """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary."""
+    """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary.
+    `baseline_acc`: the validation clean accuracy to stay within `tolerance` of (default: the
+    model's at the start; a method that edits the model first passes the original's)."""
     if check_every < 1 or (patience is not None and patience < 1):
         raise ValueError(f"check_every and patience must be >= 1; got {check_every}, {patience}")
     params = dict(model.named_parameters())
@@ -60,7 +63,10 @@ def masked_finetune(
     masks = {name: m.to(device) for name, m in masks.items()}
     optimizer = torch.optim.Adam(trainable.values(), lr=lr)
     model.eval()
-    baseline_acc = accuracy(model, val)
+    start_acc = accuracy(model, val)
+    baseline_acc = start_acc if baseline_acc is None else baseline_acc
+    # Whether the weights kept were ever within tolerance (the start is not, after a pruning).
+    within = baseline_acc - start_acc <= tolerance
     # Only trainable tensors ever change, so they alone are kept as the last good state.
     kept = {name: p.detach().clone() for name, p in trainable.items()}
 
@@ -106,7 +112,7 @@ def masked_finetune(
                     }
                 )
                 if baseline_acc - acc <= tolerance:
-                    strikes = 0
+                    strikes, within = 0, True
                     kept = {name: p.detach().clone() for name, p in trainable.items()}
                     continue
                 strikes += 1
@@ -118,10 +124,20 @@ def masked_finetune(
     finally:
         for p in params.values():
             p.requires_grad_(True)
-    changed = sum(int((p.detach() != original[n]).sum()) for n, p in params.items())
     return {
         "val_clean_acc_before": baseline_acc,
         "history": history,
+        "within_tolerance": within,
+        **changed_params(model, original),
+    }
+
+
+def changed_params(model: nn.Module, original: dict[str, torch.Tensor]) -> dict[str, float]:
+    """How many parameter entries of `model` differ from `original` (name -> tensor), and
+    their fraction of all entries."""
+    params = dict(model.named_parameters())
+    changed = sum(int((p.detach() != original[n]).sum()) for n, p in params.items())
+    return {
         "params_changed": changed,
         "params_changed_fraction": changed / sum(p.numel() for p in params.values()),
     }

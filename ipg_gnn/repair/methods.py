@@ -4,10 +4,11 @@ Every method is configured once (`conf/repair/method/<name>.yaml`, with `_target
 on a :class:`RepairContext` (the original model, the plan, the repair split's parts, the
 objective); it returns a repaired copy and a summary. Fine-tuning methods differ only in their
 masks: the plan's targets (`PlanFinetune`), a random plan of the same budget
-(`RandomPlanFinetune`), a whole layer or every parameter (`LayerFinetune`). `ActivationPatch`
-is the prior work's inference-time repair, kept as a baseline. A method's `finetune` and `loss`
-override the job's fine-tuning schedule and the objective's loss settings for it alone; `draws`
-> 1 repeats it (seeds seed, seed + 1, ...) and reports the mean.
+(`RandomPlanFinetune`), a whole layer or every parameter (`LayerFinetune`), every parameter but
+the pruned inputs of a layer (`FinePruning`); with `prune`, what the masks free starts from zero.
+`ActivationPatch` is the prior work's inference-time repair, kept as a baseline. A method's
+`finetune` and `loss` override the job's fine-tuning schedule and the objective's loss settings
+for it alone; `draws` > 1 repeats it (seeds seed, seed + 1, ...) and reports the mean.
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from ipg_gnn.errors import ConfigError
 from ipg_gnn.objectives import Objective
 from ipg_gnn.plan import RepairPlan
 from ipg_gnn.provenance import CapturePlan
-from ipg_gnn.repair.finetune import masked_finetune
+from ipg_gnn.repair.finetune import changed_params, masked_finetune
 from ipg_gnn.repair.masks import Masks, all_masks, count_allowed, layer_masks, plan_masks
+from ipg_gnn.targets import accuracy
 
 
 @dataclass
@@ -80,7 +82,14 @@ class RepairMethod(ABC):
 
 
 class MaskedFinetune(RepairMethod):
-    """Fine-tuning of the entries `targets` allows, with the objective's repair loss."""
+    """Fine-tuning of the entries `targets` allows, with the objective's repair loss. `prune`:
+    those entries are zeroed first, so what they carried is removed and only what the repair
+    loss's data needs grows back (a fault no repair input exercises gets no gradient, so
+    fine-tuning alone leaves it where it is)."""
+
+    def __init__(self, prune: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.prune = prune
 
     @abstractmethod
     def targets(
@@ -91,10 +100,27 @@ class MaskedFinetune(RepairMethod):
     def __call__(self, ctx: RepairContext, draw: int = 0) -> tuple[nn.Module, dict[str, Any]]:
         model = copy.deepcopy(ctx.model)
         masks, units = self.targets(ctx, model, draw)
+        if self.prune:
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name in masks:
+                        p.masked_fill_(masks[name], 0.0)
         loss = ctx.objective.repair_loss(units, ctx.seed, **self.loss)
         info = masked_finetune(
-            model, masks, ctx.fine_tune, ctx.val, loss, seed=ctx.seed, **self.schedule(ctx)
+            model,
+            masks,
+            ctx.fine_tune,
+            ctx.val,
+            loss,
+            seed=ctx.seed,
+            baseline_acc=accuracy(ctx.model, ctx.val),
+            **self.schedule(ctx),
         )
+        if not info["within_tolerance"]:
+            # Pruned, and clean accuracy never came back within tolerance: no repair.
+            model = copy.deepcopy(ctx.model)
+        # Counted against the original: entries pruned before fine-tuning changed too.
+        info |= changed_params(model, dict(ctx.model.named_parameters()))
         info["params_allowed"] = count_allowed(masks)
         return model, info
 
@@ -131,6 +157,83 @@ class LayerFinetune(MaskedFinetune):
             masks = all_masks(model)
         units = {lay: list(range(model.get_submodule(lay).weight.shape[0])) for lay in layers}
         return masks, units
+
+
+@torch.no_grad()
+def mean_inputs(model: nn.Module, layer: str, images: Images) -> torch.Tensor:
+    """Mean input of `layer` over `images`, per input unit (per channel for a conv): how active
+    each unit feeding the layer is."""
+    store = []
+    hook = model.get_submodule(layer).register_forward_pre_hook(
+        lambda module, args: store.append(args[0].detach())
+    )
+    try:
+        model.eval()(images.x)
+    finally:
+        hook.remove()
+    x = store[0]
+    return x.mean(dim=(0, *range(2, x.ndim)))
+
+
+class FinePruning(MaskedFinetune):
+    """Fine-pruning (Liu, Dolan-Gavitt and Garg, RAID 2018): the inputs of `layer` (default: the
+    last weight layer, whose inputs are the last hidden layer's units, or the last conv's channels
+    after pooling) are pruned in increasing order of their mean activation on the fine-tuning
+    part: a pruned input's weights in `layer` are zeroed and kept zero. Then every other
+    parameter is fine-tuned with the objective's loss. `fraction` of the inputs are pruned, or,
+    with `fraction` null, the paper's rule: as many as keep the validation part's clean accuracy
+    within `max_drop` of the original."""
+
+    def __init__(
+        self,
+        layer: str | None = None,
+        fraction: float | None = None,
+        max_drop: float = 0.04,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if fraction is not None and not 0 < fraction <= 1:
+            raise ValueError(f"FinePruning fraction must be in (0, 1] or null; got {fraction}")
+        self.layer, self.fraction, self.max_drop = layer, fraction, max_drop
+        self.pruned: list[int] = []
+
+    def pruning_count(self, ctx: RepairContext, model: nn.Module, order: torch.Tensor) -> int:
+        """How many of `order` (most dormant first) to prune: `fraction` of them, or the most
+        whose pruning keeps validation clean accuracy within `max_drop`."""
+        if self.fraction is not None:
+            return max(1, int(self.fraction * len(order)))
+        weight = model.get_submodule(self.target_layer(ctx)).weight
+        start, kept = accuracy(model, ctx.val), weight.detach().clone()
+        count = 0
+        with torch.no_grad():
+            for unit in order.tolist():
+                weight[:, unit] = 0.0
+                if start - accuracy(model, ctx.val) > self.max_drop:
+                    break
+                count += 1
+            weight.copy_(kept)
+        return count
+
+    def target_layer(self, ctx: RepairContext) -> str:
+        return self.layer or ctx.capture_plan.weight_layers()[-1]
+
+    def targets(self, ctx, model, draw):
+        layer = self.target_layer(ctx)
+        order = torch.argsort(mean_inputs(model, layer, ctx.fine_tune), stable=True)
+        self.pruned = sorted(order[: self.pruning_count(ctx, model, order)].tolist())
+        masks = all_masks(model)
+        with torch.no_grad():
+            model.get_submodule(layer).weight[:, self.pruned] = 0.0
+        masks[f"{layer}.weight"][:, self.pruned] = False
+        units = {
+            lay: list(range(model.get_submodule(lay).weight.shape[0]))
+            for lay in ctx.capture_plan.weight_layers()
+        }
+        return masks, units
+
+    def __call__(self, ctx: RepairContext, draw: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+        model, info = super().__call__(ctx, draw)
+        return model, {**info, "units_pruned": len(self.pruned), "pruned": self.pruned}
 
 
 class PatchedModel(nn.Module):

@@ -1,0 +1,183 @@
+"""The backdoor objective (poisoning, ASR, repair loss) and fine-pruning, plus `objective=backdoor`
+through both jobs."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+from art.attacks.poisoning.perturbations import add_pattern_bd, add_single_bd
+from torch import nn
+
+from ipg_gnn.data import Images, digits
+from ipg_gnn.objectives import Backdoor, attack_success_rate
+from ipg_gnn.provenance import trace
+from ipg_gnn.repair import FinePruning, RepairContext
+from ipg_gnn.targets import MLP, predict
+from tests.conftest import compose_config
+
+PATTERN = functools.partial(add_pattern_bd, distance=1, pixel_value=1)
+
+
+def test_attack_success_rate_counts_only_inputs_not_of_the_target_class():
+    y = torch.tensor([0, 1, 2, 3, 0, 5])
+    pred = torch.tensor([0, 0, 2, 0, 1, 0])
+    # Inputs of class 0 (positions 0 and 4) do not count; of the other four, three go to 0.
+    assert attack_success_rate(pred, y, target_class=0) == pytest.approx(3 / 4)
+    assert attack_success_rate(pred, y, target_class=1) == pytest.approx(1 / 5)
+
+
+def test_trigger_stamps_arts_pixel_on_channels_first_images():
+    objective = Backdoor(functools.partial(add_single_bd, distance=2, pixel_value=1))
+    x = torch.zeros(3, 1, 8, 8)
+    changed = (objective.trigger(x) != x).nonzero().tolist()
+    assert changed == [[i, 0, 6, 6] for i in range(3)]
+
+
+def test_training_set_poisons_the_fraction_among_other_classes():
+    images = digits().train
+    objective = Backdoor(PATTERN, target_class=3, poison_fraction=0.1)
+    poisoned = objective.training_set(images, seed=0)
+    relabelled = (poisoned.y != images.y).nonzero().flatten()
+    stamped = (poisoned.x != images.x).flatten(1).any(1).nonzero().flatten()
+    assert len(relabelled) == round(0.1 * len(images))
+    assert set(stamped.tolist()) <= set(relabelled.tolist())
+    assert (images.y[relabelled] != 3).all() and (poisoned.y[relabelled] == 3).all()
+    # The target cache key hashes the training set, so a poisoned target is never a clean one.
+    assert poisoned.fingerprint() != images.fingerprint()
+    assert objective.training_set(images, seed=0).fingerprint() == poisoned.fingerprint()
+    assert Backdoor(PATTERN, poison_fraction=0.0).training_set(images, 0).fingerprint() == (
+        images.fingerprint()
+    )
+
+
+def _fit(images: Images, seed: int = 0) -> nn.Module:
+    """A small MLP fit in a plain loop (the poisoning, not the trainer, is under test)."""
+    torch.manual_seed(seed)
+    model = MLP((1, 8, 8), 10, widths=[32])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(60):
+        for idx in torch.randperm(len(images)).split(128):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(images.x[idx]), images.y[idx]).backward()
+            opt.step()
+    return model.eval()
+
+
+def test_poisoning_plants_a_backdoor_that_a_clean_model_lacks():
+    data = digits().train
+    order = np.random.default_rng(0).permutation(len(data))
+    train, test = data.subset(order[:1200]), data.subset(order[1200:])
+    objective = Backdoor(PATTERN, target_class=0, poison_fraction=0.1)
+    triggered = objective.trigger(test.x)
+    rates = {}
+    for name, fraction in (("clean", 0.0), ("poisoned", 0.1)):
+        model = _fit(Backdoor(PATTERN, poison_fraction=fraction).training_set(train, 0))
+        rates[name] = attack_success_rate(predict(model, triggered), test.y, 0)
+        report, _ = objective.evaluate(model, test, 500, 0)
+        assert report["asr"] == pytest.approx(rates[name])
+        assert report["clean_acc"] > 0.9
+    assert rates["poisoned"] >= 0.9 and rates["clean"] <= 0.2, rates
+
+
+def _ctx(model: nn.Module, images: Images) -> RepairContext:
+    return RepairContext(model, None, trace(model, images.x[:1]), images, images, None, {}, seed=0)
+
+
+def test_fine_pruning_prunes_the_most_dormant_inputs_of_the_last_layer():
+    model = MLP((1, 1, 2), 2, widths=[4]).eval()
+    with torch.no_grad():
+        # Hidden unit u outputs relu(w_u * x0); x0 = 1 on every input: means 3, 0, 2, 1.
+        model.net[1].weight.copy_(torch.tensor([[3.0, 0], [-1, 0], [2, 0], [1, 0]]))
+        model.net[1].bias.zero_()
+        model.net[3].weight.copy_(torch.tensor([[1.0, 1, 1, 1], [0, 0, 0, 0]]))
+    x = torch.tensor([[1.0, 0.0], [1.0, 5.0]]).reshape(2, 1, 1, 2)
+    images = Images(x, torch.tensor([0, 0]))
+    method = FinePruning(fraction=0.5)
+    masks, _ = method.targets(_ctx(model, images), model, 0)
+    assert method.pruned == [1, 3]  # means 0 and 1: the two most dormant
+    assert (model.net[3].weight[:, [1, 3]] == 0).all()
+    assert (model.net[3].weight[0, [0, 2]] == 1).all()
+    assert not masks["net.3.weight"][:, [1, 3]].any() and masks["net.3.weight"][:, [0, 2]].all()
+    assert masks["net.1.weight"].all()
+
+
+def _one_input_model() -> tuple[nn.Module, Images]:
+    """Hidden units with means 0, 1, 2 on the one input; only unit 2 votes for its true class 0
+    (over class 1's bias)."""
+    model = MLP((1, 1, 2), 2, widths=[3]).eval()
+    with torch.no_grad():
+        model.net[1].weight.copy_(torch.tensor([[0.0, 0], [1, 0], [2, 0]]))
+        model.net[1].bias.zero_()
+        model.net[3].weight.copy_(torch.tensor([[0.0, 0, 1], [0, 0, 0]]))
+        model.net[3].bias.copy_(torch.tensor([0.0, 1.0]))
+    images = Images(torch.tensor([[1.0, 0.0]]).reshape(1, 1, 1, 2), torch.tensor([0]))
+    return model, images
+
+
+def test_fine_pruning_by_the_papers_rule_stops_before_accuracy_drops():
+    model, images = _one_input_model()
+    method = FinePruning(max_drop=0.04)
+    method.targets(_ctx(model, images), model, 0)
+    assert method.pruned == [0, 1]  # pruning unit 2 too would lose the only input
+
+
+def test_a_pruning_that_never_comes_back_within_tolerance_returns_the_original():
+    model, images = _one_input_model()
+    ctx = _ctx(model, images)
+    ctx.objective = Backdoor(PATTERN)
+    ctx.finetune = {"epochs": 1, "lr": 1e-9, "tolerance": 0.01, "progress": False}
+    # Pruning every input of the head loses the only input; a step of lr 1e-9 cannot recover it.
+    repaired, info = FinePruning(fraction=1.0)(ctx)
+    kept = repaired.state_dict()
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())
+    assert not info["within_tolerance"] and info["params_changed"] == 0
+    assert info["units_pruned"] == 3
+
+
+def test_backdoor_objective_runs_both_jobs(tmp_path):
+    from ipg_gnn.jobs.repair import run_repair
+    from ipg_gnn.jobs.train import run_train
+
+    common = ["objective=backdoor", "logger=none"]
+    trained = run_train(
+        compose_config(
+            "train",
+            tmp_path,
+            [
+                *common,
+                "target.train.epochs=6",
+                "gnn.train.max_epochs=1",
+                "split.max_size={target_train:1500,ipg_train:60,ipg_val:30,repair:200,test:100}",
+                f"paths.output_dir={tmp_path}/logs/train/r1",
+                "detector.baselines={}",
+            ],
+        )
+    )
+    assert trained["attack"]["asr"] > 0.8  # six epochs on 150 poisoned inputs plant it
+    detection = json.loads((tmp_path / "logs/train/r1/detector_report.json").read_text())
+    assert set(detection["per_trigger"]) == {"triggered"}
+    report = run_repair(
+        compose_config(
+            "repair",
+            tmp_path,
+            [
+                *common,
+                "experiment=backdoor_repair",
+                "repair.layer=net.1",
+                "repair.k=2",
+                "repair.finetune.epochs=1",
+                "repair.methods.targeted.prune=true",
+            ],
+        )
+    )
+    assert report["plan"]["targets"] == {"net.1": 2}
+    assert 0 < report["after"]["params_changed"] <= 2 * 785
+    assert {"clean_acc", "asr", "triggered_acc"} <= set(report["after"])
+    assert {"clean_acc", "asr"} <= set(report["after"]["val"])
+    assert set(report["baselines"]) == {"random", "fine_pruning", "full_finetune"}
+    assert report["baselines"]["fine_pruning"]["units_pruned"] >= 1
+    assert "| targeted repair |" in (tmp_path / "run" / "repair_report.md").read_text()
