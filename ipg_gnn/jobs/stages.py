@@ -268,7 +268,7 @@ def run_detection(
     baselines = {}
     for name, spec in (cfg.detector.baselines or {}).items():
         with clock(f"baseline_{name}"):
-            scores[name] = torch.from_numpy(instantiate(spec).fit(train_acts).score(test_acts))
+            scores[name] = instantiate(spec).fit(train_acts).score(test_acts)
         result = evaluate_scores(scores[name], test.meta, test.populations)
         baselines[name] = {**result["all"], per: result["per_population"]}
     transfer = {}

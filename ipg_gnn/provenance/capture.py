@@ -147,9 +147,9 @@ class IPGCapture:
             )
 
     # -- recording ------------------------------------------------------------------------
-    @torch.no_grad()
     def record(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Values of every fx node the capture needs, for `inputs`."""
+        """Values of every fx node the capture needs, for `inputs` (with autograd unless the
+        caller turned it off, so the graph tensors built from them stay differentiable)."""
         recorder = _Recorder(self.plan.graph_module, self._wanted)
         recorder.run(inputs)
         return recorder.values
@@ -268,13 +268,19 @@ class IPGCapture:
         for i in tqdm(
             range(0, len(inputs), chunk), desc="capture", disable=not progress, leave=False
         ):
-            x, c = self._shared(inputs[i : i + chunk])
+            x, c = self.graph_tensors(inputs[i : i + chunk])
             xs.append(x)
             contribs.append(c)
         return IPGBatch(torch.cat(xs), torch.cat(contribs), edge_index, weight)
 
-    def _shared(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Node features and contributions on the shared edge set (static / dense)."""
+    def graph_tensors(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node features (N, V, F) and contributions (N, E) of `inputs` on the shared edge set
+        (static / dense mode): what `__call__` computes per chunk. Differentiable in `inputs`
+        when called with autograd on: contributions are products of weights and activations and
+        the static edge set is a fixed gather, so an adaptive attacker differentiates the very
+        graphs the detector sees."""
+        if self.config.mode == "dynamic":
+            raise ValueError("graph_tensors needs a shared edge set: static or dense mode")
         values = self.record(inputs)
         contribs = []
         for o, op in enumerate(self.plan.ops):
