@@ -17,7 +17,7 @@ torch ops (float64), so an adaptive attacker can differentiate each detector's o
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +38,11 @@ def unit_activations(x: torch.Tensor, spans: Sequence[tuple[int, int]]) -> list[
     return [a[:, offset : offset + units] for offset, units in spans]
 
 
+def layer_spans(layers: Sequence[Mapping]) -> list[tuple[int, int]]:
+    """(offset, num_units) of each layer of a stored topology (`Topology.layers`)."""
+    return [(layer["offset"], layer["num_units"]) for layer in layers]
+
+
 @dataclass
 class Activations:
     """Per-layer unit activations of a set of graphs, with their labels (float64 tensors; numpy
@@ -55,8 +60,8 @@ class Activations:
     @classmethod
     def of(cls, dataset: IPGDataset) -> Activations:
         meta = dataset.meta
-        spans = [(layer["offset"], layer["num_units"]) for layer in dataset.topology.layers]
-        return cls(unit_activations(meta["x"], spans), meta["is_contrast"], meta["true_label"])
+        x = unit_activations(meta["x"], layer_spans(dataset.topology.layers))
+        return cls(x, meta["is_contrast"], meta["true_label"])
 
     def reference(self) -> Activations:
         keep = self.is_contrast == 0

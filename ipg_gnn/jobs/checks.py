@@ -31,6 +31,8 @@ TRAIN: Sequence[Rule] = (
     ("target.train.batch_size", _positive_int, "an integer >= 1"),
     ("gnn.train.batch_size", _positive_int, "an integer >= 1"),
     ("gnn.train.max_epochs", _positive_int, "an integer >= 1"),
+    ("detector.adaptive_study.max_inputs", _positive_int, "an integer >= 1"),
+    ("detector.adaptive_study.fpr", lambda v: isinstance(v, float) and 0 < v < 1, "in (0, 1)"),
 )
 REPAIR: Sequence[Rule] = (
     ("repair.level", lambda v: v in ("node", "edge"), "node or edge"),
