@@ -83,6 +83,11 @@ def run_adaptive_study(
     test = splits.images(data, "test")
     x, y = test.x[: study.max_inputs], test.y[: study.max_inputs]
     right = predict(model, x) == y
+    if not right.any():
+        raise ValueError(
+            f"the model gets none of the first {len(y)} test inputs right: no input "
+            "to attack (raise detector.adaptive_study.max_inputs)"
+        )
     x, y = x[right], y[right]
     capture = load_capture(model, ipgs, x)
     val = ipg_dataset(ipgs, "ipg_val", []).meta
