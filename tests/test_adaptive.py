@@ -106,6 +106,15 @@ def test_differentiable_logit_equals_the_ordinary_score(world):
         )
 
 
+def test_straight_through_indicator_keeps_the_graphs_and_changes_only_the_gradient(world):
+    x = world["test"].x.clone().requires_grad_(True)
+    exact, smooth = (world["capture"].graph_tensors(x, t) for t in (None, 1.0))
+    assert torch.equal(exact[0], smooth[0]) and torch.equal(exact[1], smooth[1])
+    units = world["capture"].plan.layers[0].num_units  # the first layer's nodes
+    grads = [torch.autograd.grad(g[0][:, :units, 2].sum(), x)[0] for g in (exact, smooth)]
+    assert float(grads[0].abs().sum()) == 0 and float(grads[1].abs().sum()) > 0
+
+
 @pytest.mark.parametrize("mode", ["joint", "two_phase"])
 def test_adaptive_pgd_lowers_each_detectors_logit_and_stays_misclassified(world, mode):
     model, x, y = world["model"], world["test"].x, world["test"].y

@@ -60,13 +60,17 @@ class BaselineLogit:
 
 class InputLogit:
     """A detector's logit as a function of the model's input: capture, then the detector.
-    Differentiable in the input when called with autograd on."""
+    Differentiable in the input when called with autograd on. `temperature`: a straight-through
+    surrogate gradient for the capture's `z > 0` node feature (same values; None: its true,
+    zero gradient)."""
 
-    def __init__(self, capture: IPGCapture, graph_logit: GraphLogit) -> None:
-        self.capture, self.graph_logit = capture, graph_logit
+    def __init__(
+        self, capture: IPGCapture, graph_logit: GraphLogit, temperature: float | None = None
+    ) -> None:
+        self.capture, self.graph_logit, self.temperature = capture, graph_logit, temperature
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        x, contribution = self.capture.graph_tensors(inputs)
+        x, contribution = self.capture.graph_tensors(inputs, self.temperature)
         return self.graph_logit(x, contribution)
 
 

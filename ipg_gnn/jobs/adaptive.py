@@ -102,7 +102,8 @@ def run_adaptive_study(
         "classifier_only": {},
         "detectors": {},
     }
-    scorers = {name: InputLogit(capture, d) for name, d in detectors.items()}
+    temperature = study.indicator_temperature
+    scorers = {name: InputLogit(capture, d, temperature) for name, d in detectors.items()}
     benign, thresholds = {}, {}
     for name, d in detectors.items():
         val_logits = stored_logits(d, val["x"], val["contribution"])
