@@ -175,3 +175,14 @@ def test_train_job_runs_the_adaptive_study(tmp_path):
         assert r["val_fpr"] <= 0.05
         for m in r["by_eps"].values():
             assert 0 <= m["success"] <= 1 and 0 <= m["auroc"] <= 1
+
+
+def test_adaptive_pgd_config_is_a_classifier_only_contrast_population(world, tmp_path):
+    from ipg_gnn.jobs.stages import make_objective
+
+    cfg = compose_config("train", tmp_path, ["attack=adaptive_pgd", "dataset=digits"])
+    contrast = make_objective(cfg).contrasts()["adaptive_pgd"]
+    x, y = world["test"].x[:20], world["test"].y[:20]
+    result = contrast(world["model"], x, y, seed=0)
+    assert float((result.x - x).abs().max()) <= cfg.dataset.eps + 1e-6
+    assert bool(result.success.any())

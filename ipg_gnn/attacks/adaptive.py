@@ -114,7 +114,8 @@ class AdaptivePGD:
         for step in range(self.steps + 1):
             x_k.requires_grad_(True)
             margin = margin_loss(model(x_k), y)
-            logit = detector(x_k).to(margin.dtype) if detector else torch.zeros_like(margin)
+            logit = torch.zeros_like(margin) if detector is None else detector(x_k)
+            logit = logit.to(margin.dtype)
             fooled = margin.detach() > 0
             better = fooled & (~best[2] | (logit.detach() <= best[1]))
             better |= ~fooled & ~best[2]  # nothing misclassified yet: keep the latest iterate
