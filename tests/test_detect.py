@@ -104,7 +104,7 @@ def test_baselines_detect_fgsm_on_the_same_graphs(ipgs):
     train, test = Activations.of(ipgs["ipg_train"]), Activations.of(ipgs["test"])
     assert [a.shape[1] for a in train.layers] == [350, 50, 10]
     for baseline in (Mahalanobis(), LID(k=10, reference_size=200), FlatActivations()):
-        scores = torch.from_numpy(baseline.fit(train).score(test))
+        scores = baseline.fit(train).score(test)
         auroc = detection_metrics(scores, ipgs["test"].labels)["auroc"]
         assert auroc > 0.8, (type(baseline).__name__, auroc)
 
@@ -118,8 +118,8 @@ def test_mahalanobis_feature_matches_a_direct_computation():
     detector = Mahalanobis()
     detector.fit_features(acts)
     probe = rng.normal(size=(5, 3))
-    got = detector.features(Activations([probe], np.zeros(5), np.zeros(5)))[:, 0]
-    prec, means = detector.precisions[0], detector.means[0]
+    got = detector.features([torch.from_numpy(probe)])[:, 0]
+    prec, means = detector.precisions[0].numpy(), detector.means[0].numpy()
     expected = [-min((p - m) @ prec @ (p - m) for m in means) for p in probe]
     np.testing.assert_allclose(got, expected, rtol=1e-8)
 

@@ -3,7 +3,9 @@
 They read the units' activations from the IPGs themselves (each node's mean pre-activation, per
 IPG layer), so every detector sees the same graphs of the same splits. Each turns activations
 into a few features, fitted on the benign training graphs, and a logistic regression on the
-training graphs (benign vs adversarial) turns the features into a score:
+training graphs (benign vs adversarial) turns the features into a score. Features and score are
+torch ops (float64), so an adaptive attacker can differentiate each detector's own logit
+(`FeatureDetector.logit`) from the input through the IPG:
 
 * `Mahalanobis` (Lee et al., 2018): per layer, class-conditional Gaussians with a shared
   covariance; the feature is the largest class log-likelihood (minus the smallest Mahalanobis
@@ -15,35 +17,51 @@ training graphs (benign vs adversarial) turns the features into a score:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.linear_model import LogisticRegression
-from sklearn.neighbors import NearestNeighbors
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ipg_gnn.graphs import IPGDataset
 
 
+def unit_activations(x: torch.Tensor, spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
+    """Per IPG layer, the (graphs, units) float64 activations (node feature 0, the mean
+    pre-activation) of node features `x` (graphs, nodes, features); `spans` holds each layer's
+    (offset, num_units)."""
+    a = x[:, :, 0].double()
+    return [a[:, offset : offset + units] for offset, units in spans]
+
+
+def layer_spans(layers: Sequence[Mapping]) -> list[tuple[int, int]]:
+    """(offset, num_units) of each layer of a stored topology (`Topology.layers`)."""
+    return [(layer["offset"], layer["num_units"]) for layer in layers]
+
+
 @dataclass
 class Activations:
-    """Per-layer unit activations of a set of graphs, with their labels."""
+    """Per-layer unit activations of a set of graphs, with their labels (float64 tensors; numpy
+    arrays are converted)."""
 
-    layers: list[np.ndarray]  # one (graphs, units) array per IPG layer
-    is_contrast: np.ndarray
-    true_label: np.ndarray
+    layers: list[torch.Tensor]  # one (graphs, units) tensor per IPG layer
+    is_contrast: torch.Tensor
+    true_label: torch.Tensor
+
+    def __post_init__(self) -> None:
+        self.layers = [torch.as_tensor(a, dtype=torch.float64) for a in self.layers]
+        self.is_contrast = torch.as_tensor(self.is_contrast).long()
+        self.true_label = torch.as_tensor(self.true_label).long()
 
     @classmethod
     def of(cls, dataset: IPGDataset) -> Activations:
         meta = dataset.meta
-        x = meta["x"][:, :, 0].double().numpy()
-        layers = [
-            x[:, layer["offset"] : layer["offset"] + layer["num_units"]]
-            for layer in dataset.topology.layers
-        ]
-        return cls(layers, meta["is_contrast"].long().numpy(), meta["true_label"].numpy())
+        x = unit_activations(meta["x"], layer_spans(dataset.topology.layers))
+        return cls(x, meta["is_contrast"], meta["true_label"])
 
     def reference(self) -> Activations:
         keep = self.is_contrast == 0
@@ -61,43 +79,55 @@ class FeatureDetector:
     def fit_features(self, benign: Activations) -> None:
         raise NotImplementedError
 
-    def features(self, acts: Activations, training: bool = False) -> np.ndarray:
+    def features(self, layers: Sequence[torch.Tensor], training: bool = False) -> torch.Tensor:
+        """(graphs, features) of per-layer activations `layers`, differentiable in them."""
         raise NotImplementedError
 
     def fit(self, train: Activations) -> FeatureDetector:
         self.fit_features(train.reference())
-        self.classifier.fit(self.features(train, training=True), train.is_contrast)
+        features = self.features(train.layers, training=True)
+        self.classifier.fit(features.numpy(), train.is_contrast.numpy())
         return self
 
-    def score(self, acts: Activations) -> np.ndarray:
+    def logit(self, layers: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The logistic regression's logit per graph, as torch ops (the scaler and the linear
+        model's fitted coefficients), so gradients reach the activations."""
+        scaler, regression = self.classifier[0], self.classifier[-1]
+        z = self.features(layers)
+        z = (z - torch.from_numpy(scaler.mean_)) / torch.from_numpy(scaler.scale_)
+        return z @ torch.from_numpy(regression.coef_[0]) + float(regression.intercept_[0])
+
+    def score(self, acts: Activations) -> torch.Tensor:
         """P(adversarial) per graph."""
-        return self.classifier.predict_proba(self.features(acts))[:, 1]
+        with torch.no_grad():
+            return self.logit(acts.layers).sigmoid()
 
 
 class Mahalanobis(FeatureDetector):
     """Lee et al. (2018): minus the smallest class-conditional Mahalanobis distance, per layer."""
 
     def fit_features(self, benign: Activations) -> None:
-        self.classes = np.unique(benign.true_label)
+        self.classes = benign.true_label.unique()
         self.means, self.precisions = [], []
         for a in benign.layers:
-            means = np.stack([a[benign.true_label == c].mean(0) for c in self.classes])
-            centred = a - means[np.searchsorted(self.classes, benign.true_label)]
+            means = torch.stack([a[benign.true_label == c].mean(0) for c in self.classes])
+            centred = a - means[torch.searchsorted(self.classes, benign.true_label)]
+            precision = LedoitWolf(assume_centered=True).fit(centred.numpy()).precision_
             self.means.append(means)
-            self.precisions.append(LedoitWolf(assume_centered=True).fit(centred).precision_)
+            self.precisions.append(torch.from_numpy(precision))
 
-    def features(self, acts: Activations, training: bool = False) -> np.ndarray:
+    def features(self, layers: Sequence[torch.Tensor], training: bool = False) -> torch.Tensor:
         cols = []
-        for a, means, prec in zip(acts.layers, self.means, self.precisions, strict=True):
+        for a, means, prec in zip(layers, self.means, self.precisions, strict=True):
             # (x - m) P (x - m)^T = xPx^T - 2 xPm^T + mPm^T, without a per-class copy of x.
             xp = a @ prec
             dist = (
                 (xp * a).sum(1)[:, None]
                 - 2 * xp @ means.T
-                + np.einsum("cu,uv,cv->c", means, prec, means)[None]
+                + torch.einsum("cu,uv,cv->c", means, prec, means)[None]
             )
-            cols.append(-dist.min(1))
-        return np.stack(cols, axis=1)
+            cols.append(-dist.amin(1))
+        return torch.stack(cols, dim=1)
 
 
 class LID(FeatureDetector):
@@ -112,23 +142,26 @@ class LID(FeatureDetector):
     def fit_features(self, benign: Activations) -> None:
         rng = np.random.default_rng(self.seed)
         n = len(benign.is_contrast)
-        self.reference_index = rng.permutation(n)[: min(self.reference_size, n)]
-        self.neighbours = [
-            NearestNeighbors(n_neighbors=self.k + 1).fit(a[self.reference_index])
-            for a in benign.layers
-        ]
+        self.reference_index = torch.from_numpy(rng.permutation(n)[: self.reference_size])
+        self.references = [a[self.reference_index] for a in benign.layers]
 
-    def features(self, acts: Activations, training: bool = False) -> np.ndarray:
+    def features(self, layers: Sequence[torch.Tensor], training: bool = False) -> torch.Tensor:
         cols = []
-        for a, nn_index in zip(acts.layers, self.neighbours, strict=True):
-            dist, _ = nn_index.kneighbors(a)
+        for a, reference in zip(layers, self.references, strict=True):
+            # Exact distances (no matmul shortcut): the nearest ones decide the estimate.
+            dist = torch.cdist(a, reference, compute_mode="donot_use_mm_for_euclid_dist")
+            dist = dist.topk(self.k + 1, dim=1, largest=False).values
             # A training input that is itself a reference finds itself at distance 0: drop the
             # nearest neighbour when it is an exact match, else the farthest.
-            self_match = dist[:, :1] <= 1e-12
-            dist = np.where(self_match, dist[:, 1:], dist[:, :-1]) if training else dist[:, :-1]
-            dist = np.maximum(dist, 1e-12)
-            cols.append(-1.0 / np.mean(np.log(dist / dist[:, -1:]), axis=1).clip(max=-1e-12))
-        return np.stack(cols, axis=1)
+            if training:
+                self_match = dist[:, :1] <= 1e-12
+                dist = torch.where(self_match, dist[:, 1:], dist[:, :-1])
+            else:
+                dist = dist[:, :-1]
+            dist = dist.clamp_min(1e-12)
+            lid = torch.log(dist / dist[:, -1:]).mean(1).clamp(max=-1e-12)
+            cols.append(-1.0 / lid)
+        return torch.stack(cols, dim=1)
 
 
 class FlatActivations(FeatureDetector):
@@ -137,5 +170,5 @@ class FlatActivations(FeatureDetector):
     def fit_features(self, benign: Activations) -> None:
         return None
 
-    def features(self, acts: Activations, training: bool = False) -> np.ndarray:
-        return np.concatenate(acts.layers, axis=1)
+    def features(self, layers: Sequence[torch.Tensor], training: bool = False) -> torch.Tensor:
+        return torch.cat(list(layers), dim=1)

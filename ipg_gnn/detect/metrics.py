@@ -16,6 +16,12 @@ def tpr_at_fpr(scores: torch.Tensor, labels: torch.Tensor, fpr: float = 0.05) ->
     return float(tprs[ok].max()) if ok.any() else 0.0
 
 
+def threshold_at_fpr(benign: torch.Tensor, fpr: float = 0.05) -> float:
+    """The score above which at most a fraction `fpr` of the `benign` scores lie: a detection
+    threshold fixed on benign data alone (the validation split's, so test numbers stay clean)."""
+    return float(torch.quantile(benign.double(), 1 - fpr, interpolation="higher"))
+
+
 def detection_metrics(
     scores: torch.Tensor, labels: torch.Tensor, threshold: float = 0.5
 ) -> dict[str, float | int] | None:

@@ -69,6 +69,69 @@ def plot_transfer(matrix: Mapping[str, Mapping[str, float]], path: str | Path) -
     return Path(path)
 
 
+def plot_adaptive_eps(adaptive: Mapping, path: str | Path) -> Path:
+    """The adaptive study's success rate (misclassified and not flagged) against eps, one line
+    per detector, and the classifier-only attacker's (misclassified) as the reference."""
+    eps = adaptive["eps"]
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    only = [adaptive["classifier_only"][str(e)] for e in eps]
+    ax.plot(eps, only, color="black", ls="--", marker="o", label="classifier only")
+    for name, result in adaptive["detectors"].items():
+        ax.plot(eps, [result["by_eps"][str(e)]["success"] for e in eps], marker="o", label=name)
+    ax.axvline(adaptive["dataset_eps"], color="grey", lw=0.5)
+    ax.set(
+        xlabel="eps (L-inf)",
+        ylabel="attack success rate",
+        ylim=(-0.02, 1.02),
+        title=f"Adaptive attack: misclassified and not flagged at {adaptive['fpr']:.0%} FPR",
+    )
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def adaptive_markdown(adaptive: Mapping) -> list[str]:
+    """Markdown lines of the adaptive study: per detector at the dataset's eps, then the
+    success rate over the eps sweep."""
+    e0 = str(adaptive["dataset_eps"])
+    lines = [
+        "",
+        f"## Adaptive attacker (eps {e0})",
+        "",
+        f"{adaptive['n_inputs']} test inputs the model gets right (of the first "
+        f"{adaptive['n_attempted']}); attack {adaptive['attack']}. Threshold at "
+        f"{adaptive['fpr']:.0%} FPR on ipg_val's benign IPGs. Success: misclassified and not "
+        "flagged; classifier only: misclassified by the same PGD without the detector term "
+        "(in brackets: and not flagged).",
+        "",
+        "| detector | AUROC | TPR at threshold | test benign FPR | adaptive success "
+        "| classifier-only success |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in adaptive["detectors"].items():
+        m = r["by_eps"][e0]
+        lines.append(
+            f"| {name} | {m['auroc']:.4f} | {m['tpr_at_threshold']:.4f} | "
+            f"{r['test_benign_fpr']:.4f} | {m['success']:.4f} | "
+            f"{m['classifier_only_success']:.4f} ({m['classifier_only_unflagged']:.4f}) |"
+        )
+    eps = [str(e) for e in adaptive["eps"]]
+    lines += [
+        "",
+        "Success rate over eps",
+        "",
+        "| eps | classifier only | " + " | ".join(adaptive["detectors"]) + " |",
+        "|---|---|" + "---|" * len(adaptive["detectors"]),
+    ]
+    for e in eps:
+        cells = [f"{r['by_eps'][e]['success']:.4f}" for r in adaptive["detectors"].values()]
+        lines.append(f"| {e} | {adaptive['classifier_only'][e]:.4f} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _cell(result: Mapping | None, key: str) -> str:
     return "n/a" if result is None else f"{result[key]:.4f}"
 
@@ -114,4 +177,6 @@ def markdown_report(report: Mapping, noun: str) -> str:
         ]
         for row, values in report["transfer"].items():
             lines.append(f"| {row} | " + " | ".join(f"{values[c]:.4f}" for c in cols) + " |")
+    if report.get("adaptive"):
+        lines += adaptive_markdown(report["adaptive"])
     return "\n".join(lines) + "\n"

@@ -93,6 +93,17 @@ class GNNSettings:
 
 
 @dataclass
+class AdaptiveStudySettings:
+    max_inputs: PositiveInt
+    fpr: Annotated[float, Bound(0, 1, low_open=True, high_open=True)]
+
+
+@dataclass
+class DetectorSettings:
+    adaptive_study: AdaptiveStudySettings
+
+
+@dataclass
 class TrainSettings:
     """What `train.py` checks."""
 
@@ -100,6 +111,7 @@ class TrainSettings:
     ipg: IPGSettings
     target: TargetSettings
     gnn: GNNSettings
+    detector: DetectorSettings
 
 
 @dataclass

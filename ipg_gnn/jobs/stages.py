@@ -25,7 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ipg_gnn.data import ImageDataset, Splits, make_splits
-from ipg_gnn.detect import Activations, evaluate_scores, fit_detector, score_graphs
+from ipg_gnn.detect import Activations, evaluate_scores, fit_detector, layer_spans, score_graphs
+from ipg_gnn.detect.differentiable import BaselineLogit, GNNLogit, GraphLogit
 from ipg_gnn.detect.report import markdown_report, plot_roc_curves, plot_transfer
 from ipg_gnn.graphs import GraphStore, IPGDataset, build_store, prepare_capture
 from ipg_gnn.jobs.checks import ConfigError
@@ -253,11 +254,12 @@ def run_detection(
     out: Path,
     loggers: list[Logger] | None = None,
     clock: StageClock | None = None,
-) -> tuple[dict[str, Any], list[Path]]:
+) -> tuple[dict[str, Any], list[Path], dict[str, GraphLogit]]:
     """Train the GNN detector on `ipg_train` (selected on `ipg_val`), compare it with the
     baselines on the same graphs, measure transfer across contrast populations; test split only
     for numbers. Writes `detector.pt`, `detector_report.{json,md}`, the plots and example IPG
-    pictures of the test split."""
+    pictures of the test split. Returns the report, the plots and every trained detector as a
+    differentiable logit of IPG tensors (what an adaptive attacker targets)."""
     per = f"per_{objective.noun}"
     stores = ipgs["stores"]["test"]
     contrasts = list(cfg.detector.contrasts or [p for p in stores if p != ipgs["reference"]])
@@ -268,11 +270,18 @@ def run_detection(
     save_checkpoint(out / "detector.pt", model, detector_arch(cfg, train.topology.num_nodes), info)
     scores = {"GNN": score_graphs(model, test)}
     gnn = evaluate_scores(scores["GNN"], test.meta, test.populations)
+    topology = test.topology
+    detectors: dict[str, GraphLogit] = {
+        "GNN": GNNLogit(model, topology.edge_index, topology.weight)
+    }
+    spans = layer_spans(topology.layers)
     train_acts, test_acts = Activations.of(train), Activations.of(test)
     baselines = {}
     for name, spec in (cfg.detector.baselines or {}).items():
         with clock(f"baseline_{name}"):
-            scores[name] = torch.from_numpy(instantiate(spec).fit(train_acts).score(test_acts))
+            fitted = instantiate(spec).fit(train_acts)
+            scores[name] = fitted.score(test_acts)
+        detectors[name] = BaselineLogit(fitted, spans)
         result = evaluate_scores(scores[name], test.meta, test.populations)
         baselines[name] = {**result["all"], per: result["per_population"]}
     transfer = {}
@@ -296,11 +305,16 @@ def run_detection(
         "detector": {"gnn": cfg.gnn.model.conv, "checkpoint": str(out / "detector.pt"), **info},
         "timing_s": clock.seconds,
     }
-    atomic_write_text(json.dumps(report, indent=2), out / "detector_report.json")
-    atomic_write_text(markdown_report(report, objective.noun), out / "detector_report.md")
+    write_detector_report(report, objective.noun, out)
     plots = [
         plot_roc_curves(scores, test.meta, test.populations, test.contrasts, out / "roc_curves.png")
     ]
     if transfer:
         plots.append(plot_transfer(transfer, out / "transfer_auroc.png"))
-    return report, plots + plot_example_ipgs(test, out)
+    return report, plots + plot_example_ipgs(test, out), detectors
+
+
+def write_detector_report(report: Mapping[str, Any], noun: str, out: Path) -> None:
+    """`detector_report.json` and its markdown summary `detector_report.md`."""
+    atomic_write_text(json.dumps(report, indent=2), out / "detector_report.json")
+    atomic_write_text(markdown_report(report, noun), out / "detector_report.md")

@@ -9,6 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ipg_gnn.jobs.adaptive import run_adaptive_study
 from ipg_gnn.jobs.checks import ConfigError, TrainSettings, check_settings
 from ipg_gnn.jobs.stages import (
     DETECTOR_SPLITS,
@@ -18,6 +19,7 @@ from ipg_gnn.jobs.stages import (
     obtain_target,
     population_report,
     run_detection,
+    write_detector_report,
 )
 from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_write_text
@@ -30,7 +32,8 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
     """Writes into `paths.output_dir`: `train_config.yaml`, `splits.*`, `target.pt`,
     `attack_report.json` (the objective's numbers on the test split), `ipg_datasets.json`,
     example IPG pictures, `detector.pt`, `detector_report.{json,md}`, `roc_curves.png` and
-    `transfer_auroc.png`, indexed with their checksums in `run.json` (the directory belongs to
+    `transfer_auroc.png` (with `detector.adaptive`, the adaptive study in the detector report
+    and `adaptive_eps.png`), indexed with their checksums in `run.json` (the directory belongs to
     this run); sends the numbers to the loggers. Returns the reports."""
     check_settings(cfg, TrainSettings)
     missing = [s for s in DETECTOR_SPLITS if s not in cfg.ipg.splits]
@@ -67,7 +70,14 @@ def _train(cfg: DictConfig, out: Path, record: RunRecord) -> dict[str, Any]:
         **population_report(ipgs, objective),
     }
     atomic_write_text(json.dumps(report, indent=2), out / "attack_report.json")
-    detection, plots = run_detection(cfg, ipgs, objective, out, loggers, clock)
+    detection, plots, detectors = run_detection(cfg, ipgs, objective, out, loggers, clock)
+    if cfg.detector.adaptive:
+        with clock("adaptive"):
+            detection["adaptive"], plot = run_adaptive_study(
+                cfg, model, data, splits, ipgs, detectors, out
+            )
+        write_detector_report(detection, objective.noun, out)
+        plots.append(plot)
     record.add("ipg_datasets.json", "attack_report.json", "detector.pt", "detector_report.json")
     per = detection[f"per_{objective.noun}"]
     metrics = {

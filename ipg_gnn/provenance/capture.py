@@ -99,13 +99,27 @@ class _Recorder(torch.fx.Interpreter):
         return out
 
 
-def _unit_features(z: torch.Tensor, per_element: bool) -> torch.Tensor:
-    """(N, units, 3) features of one layer's values."""
+def _active(z: torch.Tensor, temperature: float | None) -> torch.Tensor:
+    """The indicator z > 0. Its gradient is zero almost everywhere; with a `temperature` the
+    backward pass uses sigmoid(z / temperature)'s instead (a straight-through estimator, BPDA in
+    Athalye et al. 2018), while the forward value stays exactly the indicator."""
+    active = (z > 0).to(z.dtype)
+    if temperature is None:
+        return active
+    smooth = torch.sigmoid(z / temperature)
+    return active + (smooth - smooth.detach())
+
+
+def _unit_features(
+    z: torch.Tensor, per_element: bool, temperature: float | None = None
+) -> torch.Tensor:
+    """(N, units, 3) features of one layer's values (`temperature`: see `_active`)."""
     if z.ndim == 2 or per_element:
         z = z.reshape(len(z), -1)
-        return torch.stack([z, z, (z > 0).to(z.dtype)], dim=-1)
+        return torch.stack([z, z, _active(z, temperature)], dim=-1)
     flat = z.reshape(z.shape[0], z.shape[1], -1)
-    return torch.stack([flat.mean(-1), flat.amax(-1), (flat > 0).to(z.dtype).mean(-1)], dim=-1)
+    active = _active(flat, temperature).mean(-1)
+    return torch.stack([flat.mean(-1), flat.amax(-1), active], dim=-1)
 
 
 def dense_contributions(op: CaptureOp, s: torch.Tensor) -> torch.Tensor:
@@ -147,20 +161,22 @@ class IPGCapture:
             )
 
     # -- recording ------------------------------------------------------------------------
-    @torch.no_grad()
     def record(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Values of every fx node the capture needs, for `inputs`."""
+        """Values of every fx node the capture needs, for `inputs` (with autograd unless the
+        caller turned it off, so the graph tensors built from them stay differentiable)."""
         recorder = _Recorder(self.plan.graph_module, self._wanted)
         recorder.run(inputs)
         return recorder.values
 
-    def node_features(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    def node_features(
+        self, values: dict[str, torch.Tensor], temperature: float | None = None
+    ) -> torch.Tensor:
         n_layers = max(1, len(self.plan.layers) - 1)
         parts = []
         for layer in self.plan.layers:
             z = values[self.plan.outputs[layer.name]]
             per_element = layer.kind == "input" and layer.num_units != z.shape[1]
-            feats = _unit_features(z, per_element)
+            feats = _unit_features(z, per_element, temperature)
             pos = torch.full(
                 (*feats.shape[:2], 1),
                 layer.position / n_layers,
@@ -268,13 +284,22 @@ class IPGCapture:
         for i in tqdm(
             range(0, len(inputs), chunk), desc="capture", disable=not progress, leave=False
         ):
-            x, c = self._shared(inputs[i : i + chunk])
+            x, c = self.graph_tensors(inputs[i : i + chunk])
             xs.append(x)
             contribs.append(c)
         return IPGBatch(torch.cat(xs), torch.cat(contribs), edge_index, weight)
 
-    def _shared(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Node features and contributions on the shared edge set (static / dense)."""
+    def graph_tensors(
+        self, inputs: torch.Tensor, temperature: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Node features (N, V, F) and contributions (N, E) of `inputs` on the shared edge set
+        (static / dense mode): what `__call__` computes per chunk. Differentiable in `inputs`
+        when called with autograd on: contributions are products of weights and activations and
+        the static edge set is a fixed gather, so an adaptive attacker differentiates the very
+        graphs the detector sees. `temperature` gives the `z > 0` node feature a surrogate
+        gradient (straight-through; the values are unchanged)."""
+        if self.config.mode == "dynamic":
+            raise ValueError("graph_tensors needs a shared edge set: static or dense mode")
         values = self.record(inputs)
         contribs = []
         for o, op in enumerate(self.plan.ops):
@@ -287,7 +312,8 @@ class IPGCapture:
             else:
                 w = op.weight[dst, src]  # (E, K)
                 contribs.append(torch.einsum("nek,ek->ne", s[:, src], w))
-        return self.node_features(values).cpu(), torch.cat(contribs, dim=1).cpu()
+        x = self.node_features(values, temperature)
+        return x.cpu(), torch.cat(contribs, dim=1).cpu()
 
     def _dynamic(self, inputs: torch.Tensor) -> IPGBatch:
         """Per-input top-k incoming edges of every unit by |contribution|."""
