@@ -1,6 +1,14 @@
 """Objectives: the failure a run studies (the only package that knows one from another)."""
 
-from ipg_gnn.objectives.base import Contrast, Contrasted, Objective, RepairLoss
+from ipg_gnn.objectives.base import (
+    Contrast,
+    Contrasted,
+    Objective,
+    Population,
+    RepairLoss,
+    Selection,
+    SplitInputs,
+)
 from ipg_gnn.objectives.robustness import AdversarialLoss, AttackContrast, Robustness
 
 __all__ = [
@@ -9,6 +17,9 @@ __all__ = [
     "Contrast",
     "Contrasted",
     "Objective",
+    "Population",
     "RepairLoss",
     "Robustness",
+    "Selection",
+    "SplitInputs",
 ]

@@ -84,9 +84,8 @@ class AdversarialLoss:
             for h in hooks:
                 h.remove()
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
-    ) -> torch.Tensor:
+    def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
+        x, y = batch.x, batch.y
         seed_attack_rng(self.seed + step - 1)
         x_adv = self.attack(model, x, y).x_adv.to(x.device)
         ce = nn.functional.cross_entropy
