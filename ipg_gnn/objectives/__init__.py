@@ -9,6 +9,7 @@ from ipg_gnn.objectives.base import (
     Selection,
     SplitInputs,
 )
+from ipg_gnn.objectives.fairness import Fairness, FairnessLoss, GroupPopulation
 from ipg_gnn.objectives.robustness import AdversarialLoss, AttackContrast, Robustness
 
 __all__ = [
@@ -16,6 +17,9 @@ __all__ = [
     "AttackContrast",
     "Contrast",
     "Contrasted",
+    "Fairness",
+    "FairnessLoss",
+    "GroupPopulation",
     "Objective",
     "Population",
     "RepairLoss",
