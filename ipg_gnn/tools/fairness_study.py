@@ -1,0 +1,296 @@
+"""The accuracy-fairness trade-off of a fairness repair sweep, against fairlearn's mitigations.
+
+`python repair.py -m experiment=fairness train_dir=<run> objective.loss.weight=0.5,1,2,4`
+runs targeted repair, a random plan of the same budget and the same loss on every parameter at
+each penalty weight. `python -m ipg_gnn.tools.fairness_study <multirun dir>` gathers those jobs
+and runs, on the same splits of the same train run:
+
+- fairlearn's `ExponentiatedGradient` (reductions, Agarwal et al. 2018) under an
+  equalized-odds constraint of each bound in `--bounds`. Reductions retrain the classifier many
+  times with sample weights, which the torch MLP's training does not take: the estimator is a
+  scikit-learn logistic regression on the same features, trained on the target's training split.
+- fairlearn's `ThresholdOptimizer` (post-processing, Hardt et al. 2016) on the target MLP's
+  scores, fitted on the repair split's fine-tuning part. It needs the sensitive attribute at
+  prediction time, which the repaired MLPs do not.
+
+Every method's operating point is chosen on the repair split's validation part only: the lowest
+validation equalized-odds difference among the points whose validation accuracy is within
+`--tolerance` of the original model's. The test numbers of every point are drawn as the curves;
+the table reports the chosen ones. Writes `study.{md,json}`, `tradeoff.png` and
+`group_rates.png` next to the jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from fairlearn.postprocessing import ThresholdOptimizer
+from fairlearn.reductions import EqualizedOdds, ExponentiatedGradient
+from omegaconf import OmegaConf
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from ipg_gnn.data import Images
+from ipg_gnn.jobs.repair import repair_split_parts
+from ipg_gnn.objectives.fairness import GROUPS, fairness_metrics
+from ipg_gnn.runs.train_run import TrainRun, load_train_run
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+#: Report rows of a repair job, by method name in its report.
+REPAIR_ROWS = {"targeted": "after", "random": "random", "all_parameters": "all_parameters"}
+
+
+class TorchScores(BaseEstimator, ClassifierMixin):
+    """A trained torch classifier as a prefit scikit-learn estimator (`predict_proba`), for
+    fairlearn's post-processing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> TorchScores:
+        self.classes_ = np.array([0, 1])
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        rows = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        return self.model.eval()(rows.view(len(rows), 1, 1, -1)).softmax(-1).double().numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_proba(x).argmax(1)
+
+
+def features(images: Images) -> np.ndarray:
+    return images.x.flatten(1).numpy()
+
+
+def score(pred: np.ndarray, images: Images, attribute: str) -> dict[str, Any]:
+    """fairlearn's metrics of predictions `pred` on `images`."""
+    return fairness_metrics(images.y.numpy(), pred, images.groups[attribute].numpy())
+
+
+def gather(directory: Path) -> list[dict[str, Any]]:
+    """Every repair job under `directory`: its penalty weight and report."""
+    jobs = []
+    for path in sorted(directory.glob("**/repair_report.json")):
+        cfg = OmegaConf.load(path.parent / "repair_config.yaml")
+        jobs.append(
+            {"weight": float(cfg.objective.loss.weight), "cfg": cfg, **json.loads(path.read_text())}
+        )
+    if not jobs:
+        raise FileNotFoundError(f"no repair_report.json under {directory}")
+    return sorted(jobs, key=lambda j: j["weight"])
+
+
+def repair_curves(jobs: Sequence[Mapping]) -> dict[str, list[dict[str, Any]]]:
+    """Per repair method, one point per penalty weight (a random plan: the mean of its
+    draws' numbers, whose per-group rates are not averaged)."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        for method, key in REPAIR_ROWS.items():
+            row = job[key] if key == "after" else job["baselines"].get(key)
+            if row is not None:
+                curves.setdefault(method, []).append({"setting": job["weight"], **row})
+    return curves
+
+
+def reductions_curve(
+    run: TrainRun, attribute: str, parts: Mapping[str, Images], bounds: Sequence[float], seed: int
+) -> list[dict[str, Any]]:
+    """ExponentiatedGradient (equalized odds, each bound) over a logistic regression trained
+    on the target's training split."""
+    train = run.splits.images(run.data, "target_train")
+    points = []
+    for bound in bounds:
+        mitigator = ExponentiatedGradient(
+            LogisticRegression(max_iter=1000),
+            EqualizedOdds(difference_bound=bound),
+        )
+        mitigator.fit(
+            features(train), train.y.numpy(), sensitive_features=train.groups[attribute].numpy()
+        )
+        point = {"setting": bound}
+        for name, images in parts.items():
+            pred = mitigator.predict(features(images), random_state=seed)
+            point[name] = score(pred, images, attribute)
+        points.append(point)
+    return points
+
+
+def threshold_point(
+    run: TrainRun, attribute: str, fine_tune: Images, parts: Mapping[str, Images], seed: int
+) -> dict[str, Any]:
+    """ThresholdOptimizer (equalized odds) on the target's scores, fitted on `fine_tune`."""
+    optimizer = ThresholdOptimizer(
+        estimator=TorchScores(run.model).fit(None, None),
+        constraints="equalized_odds",
+        predict_method="predict_proba",
+        prefit=True,
+    )
+    optimizer.fit(
+        features(fine_tune),
+        fine_tune.y.numpy(),
+        sensitive_features=fine_tune.groups[attribute].numpy(),
+    )
+    point: dict[str, Any] = {"setting": "equalized_odds"}
+    for name, images in parts.items():
+        pred = optimizer.predict(
+            features(images),
+            sensitive_features=images.groups[attribute].numpy(),
+            random_state=seed,
+        )
+        point[name] = score(pred, images, attribute)
+    return point
+
+
+def as_point(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A repair report row as a point: its test numbers under `test`, validation under `val`."""
+    test = {
+        k: v
+        for k, v in row.items()
+        if k in ("n", "clean_acc", "eo_diff", "dp_diff", "by_group", "ci")
+    }
+    return {
+        "setting": row["setting"],
+        "test": test,
+        "val": row["val"],
+        "params_changed_fraction": row.get("params_changed_fraction"),
+    }
+
+
+def choose(points: Sequence[Mapping], val_acc: float, tolerance: float) -> Mapping | None:
+    """The point of lowest validation EO difference within `tolerance` of `val_acc` (None if
+    no point is)."""
+    fit = [p for p in points if p["val"]["clean_acc"] >= val_acc - tolerance]
+    return min(fit, key=lambda p: p["val"]["eo_diff"]) if fit else None
+
+
+def plot_tradeoff(curves: Mapping[str, Sequence[Mapping]], before: Mapping, path: Path) -> Path:
+    """Test accuracy against test EO difference of every point of every method."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, points in curves.items():
+        xs = [p["test"]["eo_diff"] for p in points]
+        ys = [p["test"]["clean_acc"] for p in points]
+        ax.plot(xs, ys, "o-" if len(points) > 1 else "s", label=name)
+        for p, x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(str(p["setting"]), (x, y), fontsize=6, alpha=0.7)
+    ax.plot(before["eo_diff"], before["clean_acc"], "k*", ms=12, label="original")
+    ax.axhline(before["clean_acc"] - 0.01, color="grey", ls="--", lw=0.8, label="-1 point")
+    ax.axvline(before["eo_diff"] / 2, color="grey", ls=":", lw=0.8, label="half the EO diff")
+    ax.set(xlabel="equalized-odds difference (test)", ylabel="accuracy (test)")
+    ax.set_title("Accuracy-fairness trade-off (labels: penalty weight / constraint bound)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_group_rates(models: Mapping[str, Mapping], path: Path) -> Path:
+    """Per model, each group's TPR, FPR and selection rate on the test split."""
+    rates = [("tpr", "TPR"), ("fpr", "FPR"), ("selection_rate", "selection rate")]
+    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), sharey=True)
+    names = list(models)
+    width = 0.38
+    for ax, (key, label) in zip(axes, rates, strict=True):
+        for i, group in enumerate(GROUPS):
+            values = [models[n]["by_group"][group][key] for n in names]
+            ax.bar(np.arange(len(names)) + (i - 0.5) * width, values, width, label=group)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{label} per group (test)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def study(directory: Path, bounds: Sequence[float], tolerance: float) -> dict[str, Any]:
+    """Gather the jobs, run fairlearn's mitigations, choose every method's point on
+    validation, write the table and plots; returns the study."""
+    jobs = gather(directory)
+    first = jobs[0]
+    run = load_train_run(first["train_dir"])
+    attribute = first["cfg"].objective.attribute
+    fine_tune, val = repair_split_parts(run, first["cfg"].repair.val_fraction, first["cfg"].seed)
+    parts = {"val": val, "test": run.splits.images(run.data, "test")}
+    seed = int(first["cfg"].seed)
+    before = first["before"]
+    curves = {m: [as_point(r) for r in rows] for m, rows in repair_curves(jobs).items()}
+    curves["reductions (ExpGrad, logistic)"] = reductions_curve(run, attribute, parts, bounds, seed)
+    curves["ThresholdOptimizer"] = [threshold_point(run, attribute, fine_tune, parts, seed)]
+    chosen = {
+        m: choose(points, before["val"]["clean_acc"], tolerance) for m, points in curves.items()
+    }
+    result = {
+        "directory": str(directory),
+        "train_dir": first["train_dir"],
+        "attribute": attribute,
+        "tolerance": tolerance,
+        "before": before,
+        "curves": curves,
+        "chosen": chosen,
+    }
+    (directory / "study.json").write_text(json.dumps(result, indent=2))
+    (directory / "study.md").write_text(markdown(result))
+    plot_tradeoff(curves, before, directory / "tradeoff.png")
+    models = {"original": before} | {
+        m: p["test"] for m, p in chosen.items() if p and "by_group" in p["test"]
+    }
+    plot_group_rates(models, directory / "group_rates.png")
+    return result
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The chosen point of every method, test numbers."""
+    before = result["before"]
+    lines = [
+        f"# Fairness study ({result['attribute']})",
+        "",
+        f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
+        f"validation part (lowest EO diff with accuracy within {result['tolerance']:.0%} of the "
+        "original's). Setting: penalty weight (repairs) or constraint bound (reductions).",
+        "",
+        "| model | setting | accuracy | EO diff | DP diff | params changed | val accuracy "
+        "| val EO diff |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| original | - | {before['clean_acc']:.2%} | {before['eo_diff']:.3f} | "
+        f"{before['dp_diff']:.3f} | - | {before['val']['clean_acc']:.2%} | "
+        f"{before['val']['eo_diff']:.3f} |",
+    ]
+    for name, p in result["chosen"].items():
+        if p is None:
+            lines.append(f"| {name} | none within tolerance | | | | | | |")
+            continue
+        t, v = p["test"], p["val"]
+        changed = p.get("params_changed_fraction")
+        lines.append(
+            f"| {name} | {p['setting']} | {t['clean_acc']:.2%} | {t['eo_diff']:.3f} | "
+            f"{t['dp_diff']:.3f} | {'-' if changed is None else f'{changed:.1%}'} | "
+            f"{v['clean_acc']:.2%} | {v['eo_diff']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory", type=Path, help="a multirun directory of repair.py jobs")
+    parser.add_argument("--bounds", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.04, 0.08])
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    result = study(args.directory, args.bounds, args.tolerance)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
