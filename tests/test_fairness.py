@@ -14,7 +14,12 @@ from ipg_gnn.data import Images
 from ipg_gnn.errors import ConfigError
 from ipg_gnn.graphs import GraphStore
 from ipg_gnn.objectives import Fairness, FairnessLoss, GroupPopulation, Selection
-from ipg_gnn.objectives.fairness import fairness_gap, fairness_metrics
+from ipg_gnn.objectives.fairness import (
+    bootstrap_intervals,
+    fairness_gap,
+    fairness_metrics,
+    resampled_gaps,
+)
 from ipg_gnn.runs.train_run import load_train_run
 from tests.conftest import compose_config
 
@@ -42,6 +47,26 @@ def test_fairness_metrics_equal_a_hand_computation():
     }
     assert m["dp_diff"] == pytest.approx(0.5) and m["eo_diff"] == pytest.approx(0.5)
     assert m["clean_acc"] == 0.75 and m["n"] == 8
+
+
+def test_resampled_gaps_equal_fairlearn_on_every_resample():
+    from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
+
+    rng = np.random.default_rng(0)
+    y, pred, group = (rng.integers(0, 2, 60) for _ in range(3))
+    index = rng.integers(0, 60, (5, 60))
+    gaps = resampled_gaps(y, pred, group, index)
+    for i, row in enumerate(index):
+        t, p, g = y[row], pred[row], group[row]
+        assert gaps["eo_diff"][i] == pytest.approx(
+            equalized_odds_difference(t, p, sensitive_features=g)
+        )
+        assert gaps["dp_diff"][i] == pytest.approx(
+            demographic_parity_difference(t, p, sensitive_features=g)
+        )
+        assert gaps["clean_acc"][i] == pytest.approx((t == p).mean())
+    lo, hi = bootstrap_intervals(y, pred, group, 200, 0.9, 0)["eo_diff"]
+    assert lo < fairness_metrics(y, pred, group)["eo_diff"] < hi
 
 
 def test_the_gap_is_differentiable_and_zero_when_rates_are_equal():

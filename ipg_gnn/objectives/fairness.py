@@ -146,6 +146,30 @@ def fairness_metrics(y_true: np.ndarray, y_pred: np.ndarray, group: np.ndarray) 
     }
 
 
+def resampled_gaps(
+    y_true: np.ndarray, y_pred: np.ndarray, group: np.ndarray, index: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Accuracy, equalized-odds and demographic-parity difference (fairlearn's definitions:
+    the larger of the groups' TPR and FPR gaps; the selection-rate gap) of every resample, a
+    row of `index`, at once; NaN where a resample lacks a group or a label within a group.
+    fairlearn's own functions cost about 0.1 s a call, minutes per evaluation over 1,000
+    resamples; a test checks these equal them."""
+    t, p, g = y_true[index], y_pred[index], group[index]
+
+    def rate(events: np.ndarray, within: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (events & within).sum(1) / within.sum(1)
+
+    gaps = {}
+    for name, cell in (("tpr", t == 1), ("fpr", t == 0), ("selection", np.ones_like(t, bool))):
+        gaps[name] = np.abs(rate(p == 1, cell & (g == 1)) - rate(p == 1, cell & (g == 0)))
+    return {
+        "clean_acc": (t == p).mean(1),
+        "eo_diff": np.maximum(gaps["tpr"], gaps["fpr"]),
+        "dp_diff": gaps["selection"],
+    }
+
+
 def bootstrap_intervals(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -154,22 +178,13 @@ def bootstrap_intervals(
     confidence: float,
     seed: int,
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals (`n` resamples of the inputs) of accuracy and of the
-    equalized-odds and demographic-parity differences."""
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {"clean_acc": [], "eo_diff": [], "dp_diff": []}
-    for _ in range(n):
-        i = rng.integers(0, len(y_true), len(y_true))
-        if len(np.unique(group[i])) < 2:
-            continue
-        t, p, g = y_true[i], y_pred[i], group[i]
-        draws["clean_acc"].append(accuracy_score(t, p))
-        draws["eo_diff"].append(equalized_odds_difference(t, p, sensitive_features=g))
-        draws["dp_diff"].append(demographic_parity_difference(t, p, sensitive_features=g))
+    """Percentile bootstrap intervals (`n` resamples of the inputs; resamples lacking a
+    group's positives or negatives left out) of accuracy, EO and DP difference."""
+    index = np.random.default_rng(seed).integers(0, len(y_true), (n, len(y_true)))
     tail = (1 - confidence) / 2 * 100
     return {
-        k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
-        for k, v in draws.items()
+        k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))]
+        for k, v in resampled_gaps(y_true, y_pred, group, index).items()
     }
 
 
