@@ -2,8 +2,9 @@
 
 `python repair.py -m experiment=fairness train_dir=<run> objective.loss.weight=0.5,1,2,4`
 runs targeted repair, a random plan of the same budget and the same loss on every parameter at
-each penalty weight. `python -m ipg_gnn.tools.fairness_study <multirun dir>` gathers those jobs
-and runs, on the same splits of the same train run:
+each penalty weight. `python -m ipg_gnn.tools.fairness_study <multirun dir> [<more dirs>]
+[--out <dir>]` gathers those jobs (several sweeps of one train run, e.g. plans of other layers,
+are labelled by their directory's name) and runs, on the same splits of the same train run:
 
 - fairlearn's `ExponentiatedGradient` (reductions, Agarwal et al. 2018) under an
   equalized-odds constraint of each bound in `--bounds`. Reductions retrain the classifier many
@@ -17,7 +18,7 @@ Every method's operating point is chosen on the repair split's validation part o
 validation equalized-odds difference among the points whose validation accuracy is within
 `--tolerance` of the original model's. The test numbers of every point are drawn as the curves;
 the table reports the chosen ones. Writes `study.{md,json}`, `tradeoff.png` and
-`group_rates.png` next to the jobs.
+`group_rates.png` into `--out` (default: the first directory).
 """
 
 from __future__ import annotations
@@ -92,15 +93,16 @@ def gather(directory: Path) -> list[dict[str, Any]]:
     return sorted(jobs, key=lambda j: j["weight"])
 
 
-def repair_curves(jobs: Sequence[Mapping]) -> dict[str, list[dict[str, Any]]]:
-    """Per repair method, one point per penalty weight (a random plan: the mean of its
-    draws' numbers, whose per-group rates are not averaged)."""
+def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[dict[str, Any]]]:
+    """Per repair method (named `<method>, <label>` when a label is given), one point per
+    penalty weight (a random plan: the mean of its draws' numbers)."""
     curves: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         for method, key in REPAIR_ROWS.items():
             row = job[key] if key == "after" else job["baselines"].get(key)
             if row is not None:
-                curves.setdefault(method, []).append({"setting": job["weight"], **row})
+                name = f"{method}, {label}" if label else method
+                curves.setdefault(name, []).append({"setting": job["weight"], **row})
     return curves
 
 
@@ -215,25 +217,35 @@ def plot_group_rates(models: Mapping[str, Mapping], path: Path) -> Path:
     return path
 
 
-def study(directory: Path, bounds: Sequence[float], tolerance: float) -> dict[str, Any]:
-    """Gather the jobs, run fairlearn's mitigations, choose every method's point on
-    validation, write the table and plots; returns the study."""
-    jobs = gather(directory)
-    first = jobs[0]
+def study(
+    directories: Sequence[Path], out: Path, bounds: Sequence[float], tolerance: float
+) -> dict[str, Any]:
+    """Gather the jobs of every sweep directory (of one train run; methods labelled by their
+    directory's name when there are several), run fairlearn's mitigations, choose every
+    method's point on validation, write the table and plots into `out`; returns the study."""
+    sweeps = {d: gather(d) for d in directories}
+    first = next(iter(sweeps.values()))[0]
+    others = {j["train_dir"] for jobs in sweeps.values() for j in jobs} - {first["train_dir"]}
+    if others:
+        raise ValueError(f"the sweeps repair other train runs than {first['train_dir']}: {others}")
     run = load_train_run(first["train_dir"])
     attribute = first["cfg"].objective.attribute
     fine_tune, val = repair_split_parts(run, first["cfg"].repair.val_fraction, first["cfg"].seed)
     parts = {"val": val, "test": run.splits.images(run.data, "test")}
     seed = int(first["cfg"].seed)
     before = first["before"]
-    curves = {m: [as_point(r) for r in rows] for m, rows in repair_curves(jobs).items()}
+    curves = {
+        m: [as_point(r) for r in rows]
+        for d, jobs in sweeps.items()
+        for m, rows in repair_curves(jobs, d.name if len(sweeps) > 1 else "").items()
+    }
     curves["reductions (ExpGrad, logistic)"] = reductions_curve(run, attribute, parts, bounds, seed)
     curves["ThresholdOptimizer"] = [threshold_point(run, attribute, fine_tune, parts, seed)]
     chosen = {
         m: choose(points, before["val"]["clean_acc"], tolerance) for m, points in curves.items()
     }
     result = {
-        "directory": str(directory),
+        "directories": [str(d) for d in directories],
         "train_dir": first["train_dir"],
         "attribute": attribute,
         "tolerance": tolerance,
@@ -241,13 +253,14 @@ def study(directory: Path, bounds: Sequence[float], tolerance: float) -> dict[st
         "curves": curves,
         "chosen": chosen,
     }
-    (directory / "study.json").write_text(json.dumps(result, indent=2))
-    (directory / "study.md").write_text(markdown(result))
-    plot_tradeoff(curves, before, directory / "tradeoff.png")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(result, indent=2))
+    (out / "study.md").write_text(markdown(result))
+    plot_tradeoff(curves, before, out / "tradeoff.png")
     models = {"original": before} | {
         m: p["test"] for m, p in chosen.items() if p and "by_group" in p["test"]
     }
-    plot_group_rates(models, directory / "group_rates.png")
+    plot_group_rates(models, out / "group_rates.png")
     return result
 
 
@@ -284,11 +297,15 @@ def markdown(result: Mapping[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("directory", type=Path, help="a multirun directory of repair.py jobs")
+    parser.add_argument(
+        "directories", type=Path, nargs="+", help="multirun directories of repair.py jobs"
+    )
+    parser.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     parser.add_argument("--bounds", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.04, 0.08])
     parser.add_argument("--tolerance", type=float, default=0.01)
     args = parser.parse_args(argv)
-    result = study(args.directory, args.bounds, args.tolerance)
+    out = args.out or args.directories[0]
+    result = study(args.directories, out, args.bounds, args.tolerance)
     print(markdown(result))
 
 
