@@ -239,7 +239,8 @@ def plot_example_ipgs(dataset: IPGDataset, out: Path) -> list[Path]:
         else:
             continue
         paths.append(out / f"ipg_diff_{name}.png")
-        plot_ipg_difference(*pair, layers, paths[-1], title=title)
+        label = f"value change ({name} - {reference})"
+        plot_ipg_difference(*pair, layers, paths[-1], title=title, value_label=label)
     plt.close("all")
     return paths
 
