@@ -41,7 +41,7 @@ from torch import nn
 
 from ipg_gnn.data import Images
 from ipg_gnn.jobs.repair import repair_split_parts
-from ipg_gnn.objectives.fairness import GROUPS, fairness_metrics
+from ipg_gnn.objectives.fairness import GROUPS, bootstrap_intervals, fairness_metrics
 from ipg_gnn.runs.train_run import TrainRun, load_train_run
 
 matplotlib.use("Agg")
@@ -75,9 +75,16 @@ def features(images: Images) -> np.ndarray:
     return images.x.flatten(1).numpy()
 
 
-def score(pred: np.ndarray, images: Images, attribute: str) -> dict[str, Any]:
-    """fairlearn's metrics of predictions `pred` on `images`."""
-    return fairness_metrics(images.y.numpy(), pred, images.groups[attribute].numpy())
+def score(
+    pred: np.ndarray, images: Images, attribute: str, bootstrap: int = 0, seed: int = 0
+) -> dict[str, Any]:
+    """fairlearn's metrics of predictions `pred` on `images`, with 95% bootstrap intervals
+    (`bootstrap` resamples, as the objective's evaluation) when `bootstrap` > 0."""
+    y, group = images.y.numpy(), images.groups[attribute].numpy()
+    metrics = fairness_metrics(y, pred, group)
+    if bootstrap:
+        metrics["ci"] = bootstrap_intervals(y, pred, group, bootstrap, 0.95, seed)
+    return metrics
 
 
 def gather(directory: Path) -> list[dict[str, Any]]:
@@ -107,7 +114,12 @@ def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[di
 
 
 def reductions_curve(
-    run: TrainRun, attribute: str, parts: Mapping[str, Images], bounds: Sequence[float], seed: int
+    run: TrainRun,
+    attribute: str,
+    parts: Mapping[str, Images],
+    bounds: Sequence[float],
+    seed: int,
+    bootstrap: int = 0,
 ) -> list[dict[str, Any]]:
     """ExponentiatedGradient (equalized odds, each bound) over a logistic regression trained
     on the target's training split."""
@@ -124,13 +136,18 @@ def reductions_curve(
         point = {"setting": bound}
         for name, images in parts.items():
             pred = mitigator.predict(features(images), random_state=seed)
-            point[name] = score(pred, images, attribute)
+            point[name] = score(pred, images, attribute, bootstrap, seed)
         points.append(point)
     return points
 
 
 def threshold_point(
-    run: TrainRun, attribute: str, fine_tune: Images, parts: Mapping[str, Images], seed: int
+    run: TrainRun,
+    attribute: str,
+    fine_tune: Images,
+    parts: Mapping[str, Images],
+    seed: int,
+    bootstrap: int = 0,
 ) -> dict[str, Any]:
     """ThresholdOptimizer (equalized odds) on the target's scores, fitted on `fine_tune`."""
     optimizer = ThresholdOptimizer(
@@ -151,7 +168,7 @@ def threshold_point(
             sensitive_features=images.groups[attribute].numpy(),
             random_state=seed,
         )
-        point[name] = score(pred, images, attribute)
+        point[name] = score(pred, images, attribute, bootstrap, seed)
     return point
 
 
@@ -239,8 +256,11 @@ def study(
         for d, jobs in sweeps.items()
         for m, rows in repair_curves(jobs, d.name if len(sweeps) > 1 else "").items()
     }
-    curves["reductions (ExpGrad, logistic)"] = reductions_curve(run, attribute, parts, bounds, seed)
-    curves["ThresholdOptimizer"] = [threshold_point(run, attribute, fine_tune, parts, seed)]
+    boot = int(first["cfg"].objective.bootstrap)
+    curves["reductions (ExpGrad, logistic)"] = reductions_curve(
+        run, attribute, parts, bounds, seed, boot
+    )
+    curves["ThresholdOptimizer"] = [threshold_point(run, attribute, fine_tune, parts, seed, boot)]
     chosen = {
         m: choose(points, before["val"]["clean_acc"], tolerance) for m, points in curves.items()
     }
@@ -264,33 +284,41 @@ def study(
     return result
 
 
+def cell(numbers: Mapping[str, Any], key: str, fmt: str) -> str:
+    """A number with its bootstrap interval, when it has one."""
+    text = format(numbers[key], fmt)
+    if key in numbers.get("ci", {}):
+        text += " [" + ", ".join(format(v, fmt) for v in numbers["ci"][key]) + "]"
+    return text
+
+
 def markdown(result: Mapping[str, Any]) -> str:
-    """The chosen point of every method, test numbers."""
+    """The chosen point of every method, test numbers (bootstrap intervals in brackets)."""
     before = result["before"]
     lines = [
         f"# Fairness study ({result['attribute']})",
         "",
         f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
-        f"validation part (lowest EO diff with accuracy within {result['tolerance']:.0%} of the "
-        "original's). Setting: penalty weight (repairs) or constraint bound (reductions).",
+        f"validation part (n = {before['val']['n']}; lowest EO diff with accuracy within "
+        f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (repairs) or "
+        "constraint bound (reductions).",
         "",
         "| model | setting | accuracy | EO diff | DP diff | params changed | val accuracy "
         "| val EO diff |",
         "|---|---|---|---|---|---|---|---|",
-        f"| original | - | {before['clean_acc']:.2%} | {before['eo_diff']:.3f} | "
-        f"{before['dp_diff']:.3f} | - | {before['val']['clean_acc']:.2%} | "
-        f"{before['val']['eo_diff']:.3f} |",
     ]
-    for name, p in result["chosen"].items():
+    rows = {"original": {"setting": "-", "test": before, "val": before["val"]}}
+    for name, p in {**rows, **result["chosen"]}.items():
         if p is None:
             lines.append(f"| {name} | none within tolerance | | | | | | |")
             continue
         t, v = p["test"], p["val"]
         changed = p.get("params_changed_fraction")
         lines.append(
-            f"| {name} | {p['setting']} | {t['clean_acc']:.2%} | {t['eo_diff']:.3f} | "
-            f"{t['dp_diff']:.3f} | {'-' if changed is None else f'{changed:.1%}'} | "
-            f"{v['clean_acc']:.2%} | {v['eo_diff']:.3f} |"
+            f"| {name} | {p['setting']} | {cell(t, 'clean_acc', '.2%')} | "
+            f"{cell(t, 'eo_diff', '.3f')} | {cell(t, 'dp_diff', '.3f')} | "
+            f"{'-' if changed is None else f'{changed:.1%}'} | {v['clean_acc']:.2%} | "
+            f"{v['eo_diff']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
