@@ -13,6 +13,7 @@ from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.explain import (
     GNNExplainer,
     IntegratedGradients,
+    PairedIntegratedGradients,
     PGExplainer,
     Saliency,
     flow_difference,
@@ -44,6 +45,7 @@ EXPLAINERS = [
     IntegratedGradients("fgsm", batch_size=8),
     GNNExplainer("fgsm", batch_size=8, epochs=2),
     PGExplainer("fgsm", batch_size=8, epochs=2),
+    PairedIntegratedGradients("fgsm", batch_size=8, steps=4),
 ]
 
 
@@ -60,6 +62,38 @@ def test_every_explainer_gives_contrasted_node_and_edge_importances(explainer, i
     assert a.edge.shape == (topology.edge_index.shape[1],)
     assert torch.isfinite(a.node).all() and float(a.edge_contrast.abs().sum()) > 0
     torch.testing.assert_close(a.node, a.node_contrast - a.node_reference)
+
+
+def test_paired_ig_splits_each_inputs_logit_change_over_units_and_weights(ipgs, detector):  # noqa: F811
+    from torch_geometric.data import Batch
+
+    from ipg_gnn.explain.detector import paired_graphs, path_integrated_gradients
+
+    test = ipgs["test"]
+    pairs = paired_graphs(test)[:6]
+    meta = test.meta
+    assert torch.equal(meta["source_index"][pairs[:, 0]], meta["source_index"][pairs[:, 1]])
+    assert not meta["is_contrast"][pairs[:, 0]].any() and meta["is_contrast"][pairs[:, 1]].all()
+    reference = Batch.from_data_list([test[int(i)] for i in pairs[:, 0]])
+    contrast = Batch.from_data_list([test[int(i)] for i in pairs[:, 1]])
+    node, edge = path_integrated_gradients(detector, reference, contrast, steps=64)
+    with torch.no_grad():
+        change = detector(contrast.x, contrast.edge_index, contrast.edge_attr, contrast.batch)
+        change -= detector(reference.x, reference.edge_index, reference.edge_attr, reference.batch)
+    per_graph = torch.zeros(len(pairs)).index_add_(0, reference.batch, node.sum(-1))
+    edge_graph = reference.batch[reference.edge_index[0]]
+    per_graph.index_add_(0, edge_graph, edge.sum(-1))
+    # Completeness: the attributions add up to the logit's change (midpoint rule's error aside).
+    torch.testing.assert_close(per_graph, change.flatten(), rtol=0.02, atol=0.02)
+    assert float(change.abs().max()) > 0.05, "the check needs logit changes to split"
+    a = PairedIntegratedGradients("fgsm", batch_size=4, steps=8).attribute(
+        detector, test[torch.cat([pairs[:, 0], pairs[:, 1]])], progress=False
+    )
+    assert set(a.stability) == {
+        "spearman_halves",
+        f"top{round(0.1 * test.topology.num_nodes)}_overlap",
+    }
+    assert -1 <= a.stability["spearman_halves"] <= 1
 
 
 def test_flow_difference_matches_a_hand_computation():
@@ -304,6 +338,17 @@ def test_repair_job_end_to_end(tmp_path):
     text = summary([str(tmp_path)])
     assert "| net.3 | node | 2 |" in text and (tmp_path / "summary.json").is_file()
     assert (tmp_path / "summary.png").stat().st_size > 10_000
+    # Every baseline's model is kept; the independent check attacks each model the report scored.
+    assert (run / "models" / "random.pt").is_file() and (
+        run / "models" / "activation_patch.pt"
+    ).is_file()
+    from ipg_gnn.tools.reference_check import reference_check
+
+    rows = reference_check(run, steps=5, restarts=1)
+    assert set(rows) == {"before", "after", "random", "activation_patch"}
+    assert rows["after"]["reported"] == report["after"]["robust_acc"]
+    assert all(0 <= r["reference"] <= report["before"]["clean_acc"] + 1e-9 for r in rows.values())
+    assert json.loads((run / "reference_check.json").read_text())["models"] == rows
     bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_evaluations=[pgd]"])
     with pytest.raises(ValueError, match="not among the objective's evaluations"):
         run_repair(bad)
@@ -483,3 +528,71 @@ def test_flat_metrics_keeps_scores_and_drops_budgets_counts_and_traces():
         "after/params_changed": 702.0,
         "plan/targets/net.3": 2.0,
     }
+
+
+class CrossEntropy:
+    """A deterministic repair loss for look-ahead checks (the adversarial one crafts randomly)."""
+
+    def attach(self, model):
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def __call__(self, model, x, y, step):
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+
+def test_lookahead_gain_measures_the_loss_fall_of_adapting_a_copy(trained_default):
+    from ipg_gnn.repair.lookahead import lookahead_gain
+
+    images = trained_default["splits"].images(trained_default["data"], "repair")
+    train, val = images.subset(range(0, len(images), 2)), images.subset(range(1, len(images), 2))
+    torch.manual_seed(0)
+    fresh = MLP((1, 28, 28), 10, (32,)).eval()
+    snapshot = {k: v.clone() for k, v in fresh.state_dict().items()}
+    none = {n: torch.zeros_like(p, dtype=torch.bool) for n, p in fresh.named_parameters()}
+    with pytest.raises(ValueError, match="allow no parameter to change"):
+        lookahead_gain(fresh, none, train, val, CrossEntropy(), steps=5, batch_size=32)
+    every = all_masks(fresh)
+    learned = lookahead_gain(
+        fresh, every, train, val, CrossEntropy(), steps=5, lr=1e-2, batch_size=32
+    )
+    by_hand = torch.nn.functional.cross_entropy(fresh(val.x), val.y)
+    assert learned["before"] == pytest.approx(float(by_hand), rel=1e-5)
+    assert learned["gain"] == pytest.approx(1 - learned["after"] / learned["before"])
+    assert learned["gain"] > 0.1, learned
+    # A copy was adapted: the model itself is untouched.
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in snapshot.items())
+    with pytest.raises(ValueError, match="needs 3200 inputs"):
+        lookahead_gain(fresh, every, train, val, CrossEntropy(), steps=100, batch_size=32)
+
+
+def test_plan_quality_scores_each_explainer_against_random_plans(tmp_path):
+    from ipg_gnn.jobs.plan_quality import run_plan_quality
+
+    tiny_train_run(tmp_path)
+    cfg = compose_config(
+        "plan_quality",
+        tmp_path,
+        [
+            "attack=[fgsm,pgd]",
+            "logger=none",
+            "~study.explainers.saliency",
+            "study.explainers.paired_ig.steps=4",
+            "study.fractions=[0.1,0.5]",
+            "study.draws=2",
+            "study.steps=2",
+            "study.batch_size=8",
+            "repair.layer=net.3",
+            "objective.train_attack.art_attack.max_iter=3",
+        ],
+    )
+    result = run_plan_quality(cfg)
+    assert set(result["explainers"]) == {"flow_difference", "paired_ig"}
+    for row in result["explainers"].values():
+        assert len(row["gain"]) == len(row["random_mean"]) == 2
+        assert all(abs(g) < 1 for g in row["gain"])
+    assert "spearman_halves" in result["explainers"]["paired_ig"]["stability"]
+    run = tmp_path / "run"
+    assert json.loads((run / "plan_quality.json").read_text())["fractions"] == [0.1, 0.5]
+    assert (run / "plan_quality.png").stat().st_size > 10_000

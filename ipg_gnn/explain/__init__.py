@@ -6,6 +6,7 @@ from ipg_gnn.explain.detector import (
     DetectorAttributor,
     GNNExplainer,
     IntegratedGradients,
+    PairedIntegratedGradients,
     PGExplainer,
     Saliency,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "FlowDifference",
     "GNNExplainer",
     "IntegratedGradients",
+    "PairedIntegratedGradients",
     "PGExplainer",
     "Saliency",
     "flow_difference",

@@ -9,7 +9,7 @@ it needs from an :class:`AttributionSource`, so the repair job never asks which 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 import torch
@@ -30,6 +30,8 @@ class Attribution:
     edge_reference: torch.Tensor
     explainer: str
     score: str  # what the importances measure, for plots and reports
+    # How stable the ranking is across halves of the inputs (where the attributor measures it).
+    stability: dict[str, float] = field(default_factory=dict)
 
     @property
     def node(self) -> torch.Tensor:

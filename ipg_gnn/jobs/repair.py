@@ -226,11 +226,11 @@ def run_methods(
     evaluate: Evaluation,
     original_examples: Mapping,
     clock: StageClock,
-) -> tuple[dict[str, Any], nn.Module]:
+) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """Every method's repaired model, evaluated (timed as `repair_<tag>`, `evaluate_<tag>`; a
     method of several draws reports their mean, each draw under `draws`). Returns the results
-    and the targeted repair's model."""
-    results, targeted = {}, None
+    and each method's model (its first draw)."""
+    results, models = {}, {}
     for name, method in methods.items():
         draws = []
         for d in range(method.draws):
@@ -242,9 +242,9 @@ def run_methods(
                 evaluation, _ = evaluate(model, transfer_from=original_examples)
             log.info("%s: %s", tag, ctx.objective.columns(evaluation))
             draws.append({**evaluation, **info})
+            models.setdefault(name, model)
         results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
-        targeted = model if name == "targeted" else targeted
-    return results, targeted
+    return results, models
 
 
 def finetune_curves(
@@ -267,7 +267,9 @@ def finetune_curves(
 
 def run_repair(cfg: DictConfig) -> dict[str, Any]:
     """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
-    `repair_plan.json`, `repair_plan.png`, `repaired.pt`, `repair_report.{json,md}` and
+    `repair_plan.json`, `repair_plan.png`, `repaired.pt` (the targeted repair),
+    `models/<baseline>.pt` (each baseline's model; a random plan's first draw),
+    `repair_report.{json,md}` and
     `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
     check_settings(cfg, RepairSettings)
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
@@ -326,9 +328,12 @@ def _repair(
     ctx = RepairContext(
         run.model, plan, capture_plan, fine_tune, val, objective, finetune, cfg.seed
     )
-    results, repaired = run_methods(methods, ctx, evaluate, original_examples, clock)
+    results, models = run_methods(methods, ctx, evaluate, original_examples, clock)
     arch = target_arch(run.cfg, run.data)
-    save_checkpoint(out / "repaired.pt", repaired, arch, {"plan": str(out / "repair_plan.json")})
+    targeted = models.pop("targeted")
+    save_checkpoint(out / "repaired.pt", targeted, arch, {"plan": str(out / "repair_plan.json")})
+    for name, model in models.items():
+        save_checkpoint(out / "models" / f"{name}.pt", model, arch, {"method": name})
     curves = finetune_curves(
         results, methods, ctx, before["val"]["clean_acc"], out / "finetune_curves.png"
     )
@@ -347,6 +352,11 @@ def _repair(
     }
     atomic_write_text(json.dumps(report, indent=2), out / "repair_report.json")
     atomic_write_text(markdown_report(report, objective), out / "repair_report.md")
-    record.add("repair_plan.json", "repaired.pt", "repair_report.json")
+    record.add(
+        "repair_plan.json",
+        "repaired.pt",
+        "repair_report.json",
+        *(f"models/{name}.pt" for name in models),
+    )
     publish(loggers, flat_metrics(report), [out / "repair_plan.png", curves])
     return report

@@ -166,5 +166,10 @@ def make_plan(
         level,
         ranked,
         targets,
-        {"explainer": attribution.explainer, "score": attribution.score, **(provenance or {})},
+        {
+            "explainer": attribution.explainer,
+            "score": attribution.score,
+            **({"stability": attribution.stability} if attribution.stability else {}),
+            **(provenance or {}),
+        },
     )

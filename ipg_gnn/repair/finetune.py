@@ -52,6 +52,8 @@ def masked_finetune(
         raise ValueError(f"masks name parameters the model does not have: {sorted(unknown)}")
     original = {name: p.detach().clone() for name, p in params.items()}
     trainable = {name: params[name] for name, m in masks.items() if m.any()}
+    if not trainable:
+        raise ValueError("the masks allow no parameter to change: nothing to fine-tune")
     for name, p in params.items():
         p.requires_grad_(name in trainable)
     device = next(model.parameters()).device
