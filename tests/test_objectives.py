@@ -33,9 +33,9 @@ class NoiseLoss:
     def attach(self, model):
         return contextlib.nullcontext()
 
-    def __call__(self, model, x, y, step):
-        noisy = self.contrast(model, x, y, self.seed + step).x
-        return nn.functional.cross_entropy(model(noisy), y)
+    def __call__(self, model, batch, step):
+        noisy = self.contrast(model, batch.x, batch.y, self.seed + step).x
+        return nn.functional.cross_entropy(model(noisy), batch.y)
 
 
 class Noise(Objective):

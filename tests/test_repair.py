@@ -538,8 +538,8 @@ class CrossEntropy:
 
         return contextlib.nullcontext()
 
-    def __call__(self, model, x, y, step):
-        return torch.nn.functional.cross_entropy(model(x), y)
+    def __call__(self, model, batch, step):
+        return torch.nn.functional.cross_entropy(model(batch.x), batch.y)
 
 
 def test_lookahead_gain_measures_the_loss_fall_of_adapting_a_copy(trained_default):

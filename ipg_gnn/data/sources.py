@@ -50,6 +50,11 @@ class Images:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return Images(self.x[idx], self.y[idx], {k: g[idx] for k, g in self.groups.items()})
 
+    def to(self, device: torch.device | str) -> Images:
+        return Images(
+            self.x.to(device), self.y.to(device), {k: g.to(device) for k, g in self.groups.items()}
+        )
+
     def fingerprint(self) -> str:
         """A hash of the exact inputs, labels and groups: artefacts built from them (a trained
         target, IPG stores) carry it, so other data with the same config never reuses them."""

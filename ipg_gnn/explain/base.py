@@ -17,7 +17,7 @@ from torch import nn
 
 from ipg_gnn.data import Images
 from ipg_gnn.graphs import IPGDataset, Topology
-from ipg_gnn.objectives import Contrast
+from ipg_gnn.objectives import Contrast, Population
 
 
 @dataclass
@@ -53,6 +53,12 @@ class AttributionSource(Protocol):
 
     def contrast(self, name: str) -> Contrast:
         """The train run's contrast population `name`."""
+
+    def reference(self) -> Population:
+        """The train run's reference population."""
+
+    def select(self, population: Population) -> Images:
+        """The inputs of the repair split that `population` holds (before it changes them)."""
 
     def ipg_dataset(self, contrast: str) -> IPGDataset:
         """Reference and `contrast` IPGs of `inputs()`, through the run's IPG cache."""

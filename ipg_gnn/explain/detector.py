@@ -33,6 +33,7 @@ from torch_geometric.explain.algorithm import (
 from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
+from ipg_gnn.errors import ConfigError
 from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor
 from ipg_gnn.graphs import IPGDataset, Topology
 
@@ -267,6 +268,15 @@ class PairedIntegratedGradients(DetectorAttributor):
             raise ValueError(f"paired_ig steps must be >= 1; got {steps}")
         self.steps, self.aggregate = steps, aggregate
         self.top_fraction, self.seed = top_fraction, seed
+
+    def __call__(self, source: AttributionSource) -> tuple[Attribution, Topology]:
+        if not source.contrast(self.contrast).paired:
+            raise ConfigError(
+                f"explainer=paired_ig pairs each input's reference and contrast IPGs, but the "
+                f"contrast population {self.contrast!r} holds other inputs than the reference "
+                "(e.g. a group): use explainer=flow_difference or a detector explainer"
+            )
+        return super().__call__(source)
 
     def attribute(
         self, detector: nn.Module, dataset: IPGDataset, progress: bool = True

@@ -25,8 +25,14 @@ from ipg_gnn.data import Images
 from ipg_gnn.explain import Attribution, Attributor
 from ipg_gnn.graphs import IPGDataset, Topology
 from ipg_gnn.jobs.checks import ConfigError, RepairSettings, check_settings
-from ipg_gnn.jobs.stages import build, build_ipg_datasets, ipg_dataset, make_objective
-from ipg_gnn.objectives import Contrast, Objective
+from ipg_gnn.jobs.stages import (
+    build,
+    build_ipg_datasets,
+    ipg_dataset,
+    make_objective,
+    split_inputs,
+)
+from ipg_gnn.objectives import Contrast, Objective, Population
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
 from ipg_gnn.plan.plot import plot_plan
 from ipg_gnn.provenance import trace
@@ -123,6 +129,12 @@ class RepairSplitSource:
         if name not in contrasts:
             raise ConfigError(f"{name} is not a contrast population of the train run")
         return contrasts[name]
+
+    def reference(self) -> Population:
+        return self.objective.reference_population()
+
+    def select(self, population: Population) -> Images:
+        return population.select("repair", split_inputs(self.run.data, self.run.splits)).images
 
     def ipg_dataset(self, contrast: str) -> IPGDataset:
         self.contrast(contrast)

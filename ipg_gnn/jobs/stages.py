@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 from torch import nn
+from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from ipg_gnn.data import ImageDataset, Splits, make_splits
@@ -30,7 +31,7 @@ from ipg_gnn.detect.differentiable import BaselineLogit, GNNLogit, GraphLogit
 from ipg_gnn.detect.report import markdown_report, plot_roc_curves, plot_transfer
 from ipg_gnn.graphs import GraphStore, IPGDataset, build_store, prepare_capture
 from ipg_gnn.jobs.checks import ConfigError
-from ipg_gnn.objectives import Objective
+from ipg_gnn.objectives import Objective, Selection, SplitInputs
 from ipg_gnn.provenance import CaptureConfig
 from ipg_gnn.provenance.plot import plot_ipg, plot_ipg_difference
 from ipg_gnn.runs.checkpoints import build_model, load_checkpoint, save_checkpoint
@@ -112,6 +113,11 @@ def obtain_target(
     return model, {"checkpoint": str(path), "origin": "trained"}
 
 
+def split_inputs(data: ImageDataset, splits: Splits) -> SplitInputs:
+    """What a population selects from: the inputs of any split, with their dataset indices."""
+    return lambda split: Selection(splits.images(data, split), splits.indices[split])
+
+
 def build_ipg_datasets(
     cfg: DictConfig,
     model: nn.Module,
@@ -123,8 +129,8 @@ def build_ipg_datasets(
 ) -> dict[str, Any]:
     """Build (or reuse from the cache) the IPG stores of the reference population and of every
     contrast population (or of `contrasts`) for every split in `split_names` (default
-    `ipg.splits`). Returns where they are: `root` and, per split, the store name of each
-    population."""
+    `ipg.splits`), each of the inputs the population selects. Returns where they are: `root`
+    and, per split, the store name of each population."""
     config: CaptureConfig = instantiate(cfg.ipg.capture)
     fingerprint = model_fingerprint(model)
     pool = splits.images(data, "ipg_train")
@@ -140,35 +146,39 @@ def build_ipg_datasets(
             f"detector.contrasts: no contrast populations {unknown}; this objective has "
             f"{list(chosen)}"
         )
+    reference = objective.reference_population()
     populations = {
-        objective.reference: None,
+        reference.name: reference,
         **{n: c for n, c in chosen.items() if contrasts is None or n in contrasts},
     }
+    inputs = split_inputs(data, splits)
     stores: dict[str, dict[str, str]] = {}
     for split in split_names or cfg.ipg.splits:
-        images, index = splits.images(data, split), splits.indices[split]
         stores[split] = {
-            name: f"{split}-{name}" if c is None else f"{split}-{name}-{c.key}"
-            for name, c in populations.items()
+            name: f"{split}-{name}" if p.key is None else f"{split}-{name}-{p.key}"
+            for name, p in populations.items()
         }
-        for name, contrast in populations.items():
+        sizes = []
+        for name, population in populations.items():
+            selected = population.select(split, inputs)
+            sizes.append(f"{name} {len(selected.images)}")
             build_store(
                 capturer,
                 model,
-                images,
-                index,
+                selected.images,
+                selected.source_index,
                 root / stores[split][name],
                 split,
                 name,
-                contrast,
+                None if population is reference else population,
                 cfg.ipg.shard_size,
                 cfg.seed,
             )
-        log.info("IPGs of %s: %d inputs x %d populations", split, len(images), len(populations))
+        log.info("IPGs of %s: %s", split, ", ".join(sizes))
     return {
         "root": str(root),
         "fingerprint": fingerprint,
-        "reference": objective.reference,
+        "reference": reference.name,
         "stores": stores,
     }
 
@@ -194,9 +204,24 @@ def population_report(
     return objective.population_report(reference, contrasts)
 
 
+def mean_graph(dataset: IPGDataset, mask: torch.Tensor) -> Data:
+    """The mean of the graphs `mask` picks (node features and contributions): what an unpaired
+    population looks like on average (needs the shared edge set of ipg=static or dense)."""
+    t, topology = dataset.tensors, dataset.topology
+    index = torch.as_tensor(list(dataset.indices()), dtype=torch.long)[mask]
+    contribution = t["contribution"][index].mean(0)
+    return Data(
+        x=t["x"][index].mean(0),
+        edge_index=topology.edge_index,
+        edge_attr=torch.stack([contribution, topology.weight], dim=1),
+    )
+
+
 def plot_example_ipgs(dataset: IPGDataset, out: Path) -> list[Path]:
     """Draw the first reference graph of `dataset` and, per contrast population, the difference
-    between the same input's contrast and reference graphs. Returns the PNG paths."""
+    between the same input's contrast and reference graphs; a population of other inputs (not
+    paired with the reference's) gets the difference of the two populations' mean graphs
+    instead. Returns the PNG paths."""
     meta, layers = dataset.meta, dataset.topology.layers
     first = int(torch.nonzero(~meta["is_contrast"])[0])
     source = int(meta["source_index"][first])
@@ -204,17 +229,19 @@ def plot_example_ipgs(dataset: IPGDataset, out: Path) -> list[Path]:
     paths = [out / f"ipg_{reference}.png"]
     plot_ipg(dataset[first], layers, paths[0], title=f"{reference} IPG, input {source}")
     for pid, name in enumerate(dataset.populations):
-        same = meta["is_contrast"] & (meta["population_id"] == pid)
-        same &= meta["source_index"] == source
+        members = meta["is_contrast"] & (meta["population_id"] == pid)
+        same = members & (meta["source_index"] == source)
         if same.any():
-            paths.append(out / f"ipg_diff_{name}.png")
-            plot_ipg_difference(
-                dataset[first],
-                dataset[int(torch.nonzero(same)[0])],
-                layers,
-                paths[-1],
-                title=f"{name} - {reference}, input {source}",
-            )
+            pair = dataset[first], dataset[int(torch.nonzero(same)[0])]
+            title = f"{name} - {reference}, input {source}"
+        elif members.any() and not dataset.dynamic:
+            pair = mean_graph(dataset, ~meta["is_contrast"]), mean_graph(dataset, members)
+            title = f"{name} - {reference}, mean graphs"
+        else:
+            continue
+        paths.append(out / f"ipg_diff_{name}.png")
+        label = f"value change ({name} - {reference})"
+        plot_ipg_difference(*pair, layers, paths[-1], title=title, value_label=label)
     plt.close("all")
     return paths
 

@@ -13,8 +13,12 @@ from ipg_gnn.objectives.base import (
     Contrast,
     Contrasted,
     Objective,
+    Population,
     RepairLoss,
+    Selection,
+    SplitInputs,
 )
+from ipg_gnn.objectives.fairness import Fairness, FairnessLoss, GroupPopulation
 from ipg_gnn.objectives.robustness import AdversarialLoss, AttackContrast, Robustness
 
 __all__ = [
@@ -26,9 +30,15 @@ __all__ = [
     "ConsistencyTerm",
     "Contrast",
     "Contrasted",
+    "Fairness",
+    "FairnessLoss",
+    "GroupPopulation",
     "Objective",
+    "Population",
     "RepairLoss",
     "Robustness",
+    "Selection",
+    "SplitInputs",
     "Trigger",
     "TriggerContrast",
     "attack_success_rate",

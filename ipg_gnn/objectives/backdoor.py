@@ -84,9 +84,8 @@ class BackdoorLoss(ConsistencyLoss):
         self.trigger, self.clean_weight = trigger, clean_weight
         super().__init__(units, consistency_weight)
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
-    ) -> torch.Tensor:
+    def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
+        x, y = batch.x, batch.y
         loss = self.clean_weight * nn.functional.cross_entropy(model(x), y)
         if not self.consistency.weight:
             return loss

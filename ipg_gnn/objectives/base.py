@@ -3,11 +3,15 @@
 The chain capture -> IPG datasets -> detector -> attribution -> repair plan -> masked fine-tuning
 -> evaluation is the same for every failure. An objective supplies only what differs:
 
-- the populations whose IPGs are contrasted: a *reference* population (the inputs as they are)
-  and named *contrast* populations made from the same inputs (adversarial versions, triggered
-  versions, ...), each a :class:`Contrast`;
+- the populations whose IPGs are contrasted: a *reference* population and named *contrast*
+  populations, each a :class:`Population`: which inputs it holds (`select`: by default every
+  input of the split, e.g. the benign inputs; a fairness group selects its members; a membership
+  objective would select members from `target_train`) and how they are changed against the model
+  (a :class:`Contrast`: adversarial or triggered versions of the selected inputs). A contrast is
+  *paired* when its graph `i` is made from the reference population's input `i`;
 - how the target model is prepared (`training_set`: the data it is trained on);
-- the repair loss (`repair_loss`), which the generic mask loop minimises;
+- the repair loss (`repair_loss`), which the generic mask loop minimises on batches of
+  :class:`Images` (inputs, labels and groups);
 - the evaluation of a model and the columns a report shows of it.
 
 Stages take these from an objective and never ask which one it is.
@@ -17,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -30,7 +35,7 @@ from ipg_gnn.data import Images
 
 @dataclass(frozen=True)
 class Contrasted:
-    """Inputs of a contrast population made from reference inputs (same order), the model's
+    """Inputs of a contrast population made from its selected inputs (same order), the model's
     predictions on them, and whether each achieved the population's effect on the model (for
     an attack: the model was right before and is wrong after)."""
 
@@ -39,12 +44,45 @@ class Contrasted:
     success: torch.Tensor
 
 
-class Contrast(ABC):
-    """A population contrasted with the reference one, made input by input from it."""
+@dataclass(frozen=True)
+class Selection:
+    """Inputs a population holds and each one's index in the dataset (a graph's
+    `source_index`)."""
 
-    def __init__(self, name: str, key: str) -> None:
+    images: Images
+    source_index: np.ndarray
+
+    def subset(self, positions: np.ndarray) -> Selection:
+        return Selection(self.images.subset(positions), self.source_index[positions])
+
+
+#: The inputs of a split, by split name: what a population selects from.
+SplitInputs = Callable[[str], Selection]
+
+
+class Population:
+    """Graphs of one population in an IPG split: the inputs `select` picks, as they are. A
+    subclass may pick a subset of the split (a group) or inputs of another split (members of
+    `target_train` for the IPG split it builds); `paired` says whether its input `i` is the
+    reference population's input `i`, so graphs may be compared input by input."""
+
+    paired: ClassVar[bool] = True
+
+    def __init__(self, name: str, key: str | None = None) -> None:
         self.name = name
         self.key = key  # a short hash of its settings: stores of other settings are not reused
+
+    def select(self, split: str, inputs: SplitInputs) -> Selection:
+        """The inputs this population holds in the IPG split `split` (default: all of them)."""
+        return inputs(split)
+
+
+class Contrast(Population, ABC):
+    """A population contrasted with the reference one: its selected inputs, changed (or not)
+    against the model."""
+
+    def __init__(self, name: str, key: str) -> None:
+        super().__init__(name, key)
 
     @abstractmethod
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> Contrasted:
@@ -53,14 +91,13 @@ class Contrast(ABC):
 
 
 class RepairLoss(Protocol):
-    """The loss a repair minimises on a batch; `attach` holds whatever it records on the model
+    """The loss a repair minimises on a batch (inputs, labels and groups: a fairness penalty
+    needs the groups); `attach` holds whatever it records on the model
     (e.g. forward hooks) for the length of a fine-tuning run."""
 
     def attach(self, model: nn.Module) -> AbstractContextManager: ...
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
-    ) -> torch.Tensor: ...
+    def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor: ...
 
 
 class ConsistencyTerm:
@@ -125,6 +162,10 @@ class Objective(ABC):
     @abstractmethod
     def contrasts(self) -> dict[str, Contrast]:
         """The contrast populations, by name, in report order."""
+
+    def reference_population(self) -> Population:
+        """The reference population (default: every input of a split, as it is)."""
+        return Population(self.reference)
 
     def training_set(self, images: Images, seed: int) -> Images:
         """The data the target is trained on (a poisoning objective changes it)."""

@@ -62,9 +62,8 @@ class AdversarialLoss(ConsistencyLoss):
         self.clean_weight, self.adv_weight = clean_weight, adv_weight
         super().__init__(units, consistency_weight)
 
-    def __call__(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, step: int
-    ) -> torch.Tensor:
+    def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
+        x, y = batch.x, batch.y
         seed_attack_rng(self.seed + step - 1)
         x_adv = self.attack(model, x, y).x_adv.to(x.device)
         ce = nn.functional.cross_entropy
@@ -80,7 +79,9 @@ class Robustness(Objective):
     (contrast populations in train.py, the evaluation attacks in repair.py); `ensemble`: the
     attacks robust accuracy is also taken over in an evaluation (`robust_eval`); `train_attack`:
     the attack crafted at every repair step; `loss`: the repair loss's default settings (see
-    :class:`AdversarialLoss`)."""
+    :class:`AdversarialLoss`); `sanity`: settings of the sanity checks every full evaluation
+    runs (:func:`ipg_gnn.attacks.sanity_checks` on its first `n` inputs, with the ensemble's
+    `gradient` and `gradient_free` attacks; see `conf/robust_eval/`)."""
 
     reference = "benign"
     noun = "attack"

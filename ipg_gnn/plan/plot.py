@@ -47,8 +47,8 @@ def plot_plan(plan: RepairPlan, path: str | Path, top: int = 30) -> Path:
         sources = sorted({(e[1], e[2]) for e in edges})
         targets = sorted({e[3] for e in edges})
         grid = np.full((len(targets), len(sources)), np.nan)
-        for _, src_layer, src_unit, unit, score in edges:
-            grid[targets.index(unit), sources.index((src_layer, src_unit))] = score
+        for _, src_layer, src_unit, unit, value in edges:
+            grid[targets.index(unit), sources.index((src_layer, src_unit))] = value
         lim = np.nanmax(np.abs(grid)) or 1.0
         image = ax.imshow(grid, cmap="coolwarm", vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xticks(

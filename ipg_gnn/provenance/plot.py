@@ -98,9 +98,11 @@ def plot_ipg_difference(
     path: str | Path | None = None,
     max_edges: int = 400,
     title: str = "",
+    value_label: str = "value change (adv - benign)",
 ) -> Figure:
-    """Draw adversarial minus benign for one input: node values and edge contributions (edges
-    missing from one graph, as in dynamic mode, count as zero there)."""
+    """Draw adversarial minus benign for one input (or any graph minus another, e.g. two
+    populations' mean graphs: `value_label` names the difference): node values and edge
+    contributions (edges missing from one graph, as in dynamic mode, count as zero there)."""
     v = benign.num_nodes
 
     def sparse(g: Data) -> torch.Tensor:
@@ -115,7 +117,7 @@ def plot_ipg_difference(
         diff.values(),
         adversarial.x[:, 0] - benign.x[:, 0],
         max_edges,
-        "value change (adv - benign)",
+        value_label,
         title or "IPG difference, adversarial - benign",
         path,
     )

@@ -90,8 +90,7 @@ def masked_finetune(
             for step, (epoch, idx) in enumerate(
                 tqdm(batches, total=total, desc="repair", disable=not progress, leave=False), 1
             ):
-                x, y = train.x[idx].to(device), train.y[idx].to(device)
-                loss = loss_fn(model, x, y, step)
+                loss = loss_fn(model, train.subset(idx).to(device), step)
                 optimizer.zero_grad()
                 loss.backward()
                 for name, p in trainable.items():

@@ -26,8 +26,8 @@ def mean_loss(model: nn.Module, images: Images, loss_fn: RepairLoss, batch_size:
     total = 0.0
     with loss_fn.attach(model):
         for i in range(0, len(images), batch_size):
-            x, y = images.x[i : i + batch_size], images.y[i : i + batch_size]
-            total += float(loss_fn(model, x, y, 1).detach()) * len(y)
+            batch = images.subset(range(i, min(i + batch_size, len(images))))
+            total += float(loss_fn(model, batch, 1).detach()) * len(batch)
     return total / len(images)
 
 

@@ -1,0 +1,320 @@
+"""Group fairness: the IPGs of one group of a sensitive attribute contrasted with the other's.
+
+The populations are the groups (`Images.groups[attribute]`, 1 = privileged): disjoint subsets
+of a split's inputs, as they are, so a group's graph pairs with no reference graph (`paired`
+False; the flow difference compares the groups' mean flows per true label instead). The GNN
+trained to tell the groups' IPGs apart measures how much group information the flow carries
+(its AUROC), even with the attribute kept out of the input.
+
+Metrics are fairlearn's (`MetricFrame` per group: accuracy, selection rate, TPR, FPR; the
+demographic-parity and equalized-odds differences), with bootstrap confidence intervals where
+`bootstrap` > 0 (small test splits such as German credit's). The repair loss is cross-entropy
+plus `weight` x a differentiable gap between the groups' mean predicted probability of the
+positive class: overall (demographic parity) or within each true label (equalized odds: the
+TPR and FPR gaps, summed, which bounds fairlearn's worst case of the two).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any
+
+import numpy as np
+import torch
+from fairlearn.metrics import (
+    MetricFrame,
+    demographic_parity_difference,
+    equalized_odds_difference,
+    false_positive_rate,
+    selection_rate,
+    true_positive_rate,
+)
+from sklearn.metrics import accuracy_score
+from torch import nn
+
+from ipg_gnn.data import Images
+from ipg_gnn.errors import ConfigError
+from ipg_gnn.objectives.base import Contrast, Contrasted, Objective, Selection, SplitInputs
+from ipg_gnn.targets import predict
+
+#: Group values of `Images.groups` and the population each is.
+GROUPS = {"privileged": 1, "unprivileged": 0}
+
+
+class Penalty(str, Enum):
+    """Which gap the repair loss penalises."""
+
+    EQUALIZED_ODDS = "equalized_odds"
+    DEMOGRAPHIC_PARITY = "demographic_parity"
+
+
+class GroupPopulation(Contrast):
+    """The inputs of a split whose `attribute` equals `group`, as they are. `success` marks the
+    inputs the model gets wrong (a group's 'effect' is an error)."""
+
+    paired = False
+
+    def __init__(self, name: str, attribute: str, group: int) -> None:
+        super().__init__(name, key=f"{attribute}{group}")
+        self.attribute, self.group = attribute, group
+
+    def select(self, split: str, inputs: SplitInputs) -> Selection:
+        selection = inputs(split)
+        groups = selection.images.groups
+        if self.attribute not in groups:
+            raise ConfigError(
+                f"objective.attribute={self.attribute!r} is not a sensitive attribute of this "
+                f"dataset (it has {', '.join(groups) or 'none'})"
+            )
+        return selection.subset(np.flatnonzero(groups[self.attribute].numpy() == self.group))
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> Contrasted:
+        pred = predict(model, x)
+        return Contrasted(x, pred, pred != y)
+
+
+def fairness_gap(
+    score: torch.Tensor, y: torch.Tensor, group: torch.Tensor, penalty: str
+) -> torch.Tensor:
+    """The gap between the groups' mean `score` (probability of the positive class): overall
+    (demographic parity) or per true label, summed (equalized odds). Cells a batch lacks are
+    left out; 0 when no cell has both groups."""
+    strata = [None] if Penalty(penalty) is Penalty.DEMOGRAPHIC_PARITY else [0, 1]
+    gap = score.sum() * 0.0
+    for label in strata:
+        cell = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
+        a, b = cell & (group == 1), cell & (group == 0)
+        if a.any() and b.any():
+            gap = gap + (score[a].mean() - score[b].mean()).abs()
+    return gap
+
+
+class FairnessLoss:
+    """`ce_weight` x cross-entropy + `weight` x `fairness_gap` of the batch's groups."""
+
+    def __init__(
+        self,
+        attribute: str,
+        penalty: str = "equalized_odds",
+        weight: float = 1.0,
+        ce_weight: float = 1.0,
+    ) -> None:
+        if penalty not in tuple(p.value for p in Penalty):
+            raise ConfigError(
+                f"objective.loss.penalty must be one of {[p.value for p in Penalty]}; "
+                f"got {penalty!r}"
+            )
+        self.attribute, self.penalty = attribute, penalty
+        self.weight, self.ce_weight = weight, ce_weight
+
+    def attach(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
+        logits = model(batch.x)
+        score = logits.softmax(-1)[:, 1]
+        gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
+        return self.ce_weight * nn.functional.cross_entropy(logits, batch.y) + self.weight * gap
+
+
+def fairness_metrics(y_true: np.ndarray, y_pred: np.ndarray, group: np.ndarray) -> dict[str, Any]:
+    """fairlearn's per-group rates and between-group differences of binary predictions."""
+    frame = MetricFrame(
+        metrics={
+            "accuracy": accuracy_score,
+            "selection_rate": selection_rate,
+            "tpr": true_positive_rate,
+            "fpr": false_positive_rate,
+        },
+        y_true=y_true,
+        y_pred=y_pred,
+        sensitive_features=group,
+    )
+    rows = frame.by_group.to_dict("index")
+    return {
+        "n": len(y_true),
+        "clean_acc": float(frame.overall["accuracy"]),
+        "eo_diff": float(equalized_odds_difference(y_true, y_pred, sensitive_features=group)),
+        "dp_diff": float(demographic_parity_difference(y_true, y_pred, sensitive_features=group)),
+        "by_group": {
+            name: {k: float(v) for k, v in rows[value].items()}
+            for name, value in GROUPS.items()
+            if value in rows
+        },
+    }
+
+
+def resampled_gaps(
+    y_true: np.ndarray, y_pred: np.ndarray, group: np.ndarray, index: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Accuracy, equalized-odds and demographic-parity difference (fairlearn's definitions:
+    the larger of the groups' TPR and FPR gaps; the selection-rate gap) of every resample, a
+    row of `index`, at once; NaN where a resample lacks a group or a label within a group.
+    fairlearn's own functions cost about 0.1 s a call, minutes per evaluation over 1,000
+    resamples; a test checks these equal them."""
+    t, p, g = y_true[index], y_pred[index], group[index]
+
+    def rate(events: np.ndarray, within: np.ndarray) -> np.ndarray:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return (events & within).sum(1) / within.sum(1)
+
+    gaps = {}
+    for name, cell in (("tpr", t == 1), ("fpr", t == 0), ("selection", np.ones_like(t, bool))):
+        gaps[name] = np.abs(rate(p == 1, cell & (g == 1)) - rate(p == 1, cell & (g == 0)))
+    return {
+        "clean_acc": (t == p).mean(1),
+        "eo_diff": np.maximum(gaps["tpr"], gaps["fpr"]),
+        "dp_diff": gaps["selection"],
+    }
+
+
+def bootstrap_intervals(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    group: np.ndarray,
+    n: int,
+    confidence: float,
+    seed: int,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap intervals (`n` resamples of the inputs; resamples lacking a
+    group's positives or negatives left out) of accuracy, EO and DP difference."""
+    index = np.random.default_rng(seed).integers(0, len(y_true), (n, len(y_true)))
+    tail = (1 - confidence) / 2 * 100
+    return {
+        k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))]
+        for k, v in resampled_gaps(y_true, y_pred, group, index).items()
+    }
+
+
+class Fairness(Objective):
+    """Privileged vs unprivileged group of the sensitive `attribute` (an `Images.groups` key,
+    e.g. `sex`). `loss`: the repair loss's default settings (see :class:`FairnessLoss`);
+    `bootstrap`: resamples for confidence intervals of the test numbers (0: none), at
+    `confidence`."""
+
+    reference = "privileged"
+    noun = "group"
+
+    def __init__(
+        self,
+        attribute: str,
+        loss: Mapping[str, Any] | None = None,
+        bootstrap: int = 0,
+        confidence: float = 0.95,
+    ) -> None:
+        if bootstrap < 0 or not 0 < confidence < 1:
+            raise ConfigError(
+                f"objective.bootstrap must be >= 0 and confidence in (0, 1); got {bootstrap}, "
+                f"{confidence}"
+            )
+        self.attribute = attribute
+        self.loss = dict(loss or {})
+        self.bootstrap, self.confidence = bootstrap, confidence
+        FairnessLoss(attribute, **self.loss)  # a bad setting fails before any work
+
+    def reference_population(self) -> GroupPopulation:
+        return GroupPopulation(self.reference, self.attribute, GROUPS[self.reference])
+
+    def contrasts(self) -> dict[str, GroupPopulation]:
+        return {"unprivileged": GroupPopulation("unprivileged", self.attribute, 0)}
+
+    def population_report(
+        self, reference: Mapping[str, torch.Tensor], contrasts: Mapping[str, Mapping]
+    ) -> dict[str, Any]:
+        other = contrasts["unprivileged"]
+        y_true = torch.cat([reference["true_label"], other["true_label"]]).numpy()
+        y_pred = torch.cat([reference["pred"], other["pred"]]).numpy()
+        group = np.r_[np.ones(len(reference["pred"])), np.zeros(len(other["pred"]))]
+        return {"attribute": self.attribute, **fairness_metrics(y_true, y_pred, group)}
+
+    def format_population_report(self, report: Mapping[str, Any]) -> str:
+        lines = [
+            f"{report['attribute']:14s} {'n':>6s} {'accuracy':>9s} {'selected':>9s} "
+            f"{'TPR':>7s} {'FPR':>7s}   (test split)"
+        ]
+        for name, r in report["by_group"].items():
+            lines.append(
+                f"{name:14s} {'':>6s} {r['accuracy']:9.2%} {r['selection_rate']:9.2%} "
+                f"{r['tpr']:7.2%} {r['fpr']:7.2%}"
+            )
+        lines.append(
+            f"{'all':14s} {report['n']:6d} {report['clean_acc']:9.2%}   equalized-odds diff "
+            f"{report['eo_diff']:.3f}, demographic-parity diff {report['dp_diff']:.3f}"
+        )
+        return "\n".join(lines)
+
+    def population_metrics(self, report: Mapping[str, Any]) -> dict[str, float]:
+        return {
+            "test/clean_acc": report["clean_acc"],
+            "test/eo_diff": report["eo_diff"],
+            "test/dp_diff": report["dp_diff"],
+        }
+
+    def repair_loss(
+        self, units: Mapping[str, Sequence[int]], seed: int, **settings
+    ) -> FairnessLoss:
+        return FairnessLoss(self.attribute, **{**self.loss, **settings})
+
+    def evaluation_names(self) -> list[str]:
+        return ["fairness"]
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        images: Images,
+        batch_size: int,
+        seed: int,
+        only: Sequence[str] | None = None,
+        transfer_from: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """fairlearn's metrics of `model`'s predictions on `images`, and (unless `only` asks
+        for a validation subset) bootstrap intervals. No contrast inputs are made."""
+        if self.attribute not in images.groups:
+            raise ConfigError(
+                f"objective.attribute={self.attribute!r}: the inputs have no such group"
+            )
+        y_true, group = images.y.numpy(), images.groups[self.attribute].numpy()
+        y_pred = predict(model, images.x, batch_size).numpy()
+        report = fairness_metrics(y_true, y_pred, group)
+        if self.bootstrap and only is None:
+            report["ci"] = bootstrap_intervals(
+                y_true, y_pred, group, self.bootstrap, self.confidence, seed
+            )
+        return report, {}
+
+    def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
+        ci = result.get("ci", {})
+
+        def cell(key: str, fmt: str) -> str:
+            value = format(result[key], fmt)
+            if key in ci:
+                value += " [" + ", ".join(format(v, fmt) for v in ci[key]) + "]"
+            return value
+
+        groups = result["by_group"]
+        rates = {
+            f"{rate} (priv / unpriv)": " / ".join(
+                f"{groups[g][key]:.1%}" if g in groups else "-" for g in GROUPS
+            )
+            for rate, key in (("TPR", "tpr"), ("FPR", "fpr"), ("selected", "selection_rate"))
+        }
+        return {
+            "accuracy": cell("clean_acc", ".2%"),
+            "EO diff": cell("eo_diff", ".3f"),
+            "DP diff": cell("dp_diff", ".3f"),
+            **rates,
+        }
+
+    def report_note(self) -> str:
+        interval = (
+            f" Brackets: {self.confidence:.0%} bootstrap intervals ({self.bootstrap} resamples)."
+            if self.bootstrap
+            else ""
+        )
+        return (
+            f"Groups of {self.attribute} (fairlearn): EO diff is the equalized-odds difference "
+            "(the larger of the TPR and FPR gaps), DP diff the demographic-parity difference "
+            f"(selection-rate gap); 0 is fair.{interval}"
+        )

@@ -1,0 +1,341 @@
+"""The accuracy-fairness trade-off of a fairness repair sweep, against fairlearn's mitigations.
+
+`python repair.py -m experiment=fairness train_dir=<run> objective.loss.weight=0.5,1,2,4`
+runs targeted repair, a random plan of the same budget and the same loss on every parameter at
+each penalty weight. `python -m ipg_gnn.tools.fairness_study <multirun dir> [<more dirs>]
+[--out <dir>]` gathers those jobs (several sweeps of one train run, e.g. plans of other layers,
+are labelled by their directory's name) and runs, on the same splits of the same train run:
+
+- fairlearn's `ExponentiatedGradient` (reductions, Agarwal et al. 2018) under an
+  equalized-odds constraint of each bound in `--bounds`. Reductions retrain the classifier many
+  times with sample weights, which the torch MLP's training does not take: the estimator is a
+  scikit-learn logistic regression on the same features, trained on the target's training split.
+- fairlearn's `ThresholdOptimizer` (post-processing, Hardt et al. 2016) on the target MLP's
+  scores, fitted on the repair split's fine-tuning part. It needs the sensitive attribute at
+  prediction time, which the repaired MLPs do not.
+
+Every method's operating point is chosen on the repair split's validation part only: the lowest
+validation equalized-odds difference among the points whose validation accuracy is within
+`--tolerance` of the original model's. The test numbers of every point are drawn as the curves;
+the table reports the chosen ones. Writes `study.{md,json}`, `tradeoff.png` and
+`group_rates.png` into `--out` (default: the first directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from fairlearn.postprocessing import ThresholdOptimizer
+from fairlearn.reductions import EqualizedOdds, ExponentiatedGradient
+from omegaconf import OmegaConf
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from torch import nn
+
+from ipg_gnn.data import Images
+from ipg_gnn.jobs.repair import repair_split_parts
+from ipg_gnn.objectives.fairness import GROUPS, bootstrap_intervals, fairness_metrics
+from ipg_gnn.runs.train_run import TrainRun, load_train_run
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+#: Report rows of a repair job, by method name in its report.
+REPAIR_ROWS = {"targeted": "after", "random": "random", "all_parameters": "all_parameters"}
+
+
+class TorchScores(BaseEstimator, ClassifierMixin):
+    """A trained torch classifier as a prefit scikit-learn estimator (`predict_proba`), for
+    fairlearn's post-processing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> TorchScores:
+        self.classes_ = np.array([0, 1])
+        return self
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        rows = torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        return self.model.eval()(rows.view(len(rows), 1, 1, -1)).softmax(-1).double().numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.predict_proba(x).argmax(1)
+
+
+def features(images: Images) -> np.ndarray:
+    return images.x.flatten(1).numpy()
+
+
+def score(
+    pred: np.ndarray, images: Images, attribute: str, bootstrap: int = 0, seed: int = 0
+) -> dict[str, Any]:
+    """fairlearn's metrics of predictions `pred` on `images`, with 95% bootstrap intervals
+    (`bootstrap` resamples, as the objective's evaluation) when `bootstrap` > 0."""
+    y, group = images.y.numpy(), images.groups[attribute].numpy()
+    metrics = fairness_metrics(y, pred, group)
+    if bootstrap:
+        metrics["ci"] = bootstrap_intervals(y, pred, group, bootstrap, 0.95, seed)
+    return metrics
+
+
+def gather(directory: Path) -> list[dict[str, Any]]:
+    """Every repair job under `directory`: its penalty weight and report."""
+    jobs = []
+    for path in sorted(directory.glob("**/repair_report.json")):
+        cfg = OmegaConf.load(path.parent / "repair_config.yaml")
+        jobs.append(
+            {"weight": float(cfg.objective.loss.weight), "cfg": cfg, **json.loads(path.read_text())}
+        )
+    if not jobs:
+        raise FileNotFoundError(f"no repair_report.json under {directory}")
+    return sorted(jobs, key=lambda j: j["weight"])
+
+
+def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[dict[str, Any]]]:
+    """Per repair method (named `<method>, <label>` when a label is given), one point per
+    penalty weight (a random plan: the mean of its draws' numbers)."""
+    curves: dict[str, list[dict[str, Any]]] = {}
+    for job in jobs:
+        for method, key in REPAIR_ROWS.items():
+            row = job[key] if key == "after" else job["baselines"].get(key)
+            if row is not None:
+                name = f"{method}, {label}" if label else method
+                curves.setdefault(name, []).append({"setting": job["weight"], **row})
+    return curves
+
+
+def reductions_curve(
+    run: TrainRun,
+    attribute: str,
+    parts: Mapping[str, Images],
+    bounds: Sequence[float],
+    seed: int,
+    bootstrap: int = 0,
+) -> list[dict[str, Any]]:
+    """ExponentiatedGradient (equalized odds, each bound) over a logistic regression trained
+    on the target's training split."""
+    train = run.splits.images(run.data, "target_train")
+    points = []
+    for bound in bounds:
+        mitigator = ExponentiatedGradient(
+            LogisticRegression(max_iter=1000),
+            EqualizedOdds(difference_bound=bound),
+        )
+        mitigator.fit(
+            features(train), train.y.numpy(), sensitive_features=train.groups[attribute].numpy()
+        )
+        point = {"setting": bound}
+        for name, images in parts.items():
+            pred = mitigator.predict(features(images), random_state=seed)
+            point[name] = score(pred, images, attribute, bootstrap, seed)
+        points.append(point)
+    return points
+
+
+def threshold_point(
+    run: TrainRun,
+    attribute: str,
+    fine_tune: Images,
+    parts: Mapping[str, Images],
+    seed: int,
+    bootstrap: int = 0,
+) -> dict[str, Any]:
+    """ThresholdOptimizer (equalized odds) on the target's scores, fitted on `fine_tune`."""
+    optimizer = ThresholdOptimizer(
+        estimator=TorchScores(run.model).fit(None, None),
+        constraints="equalized_odds",
+        predict_method="predict_proba",
+        prefit=True,
+    )
+    optimizer.fit(
+        features(fine_tune),
+        fine_tune.y.numpy(),
+        sensitive_features=fine_tune.groups[attribute].numpy(),
+    )
+    point: dict[str, Any] = {"setting": "equalized_odds"}
+    for name, images in parts.items():
+        pred = optimizer.predict(
+            features(images),
+            sensitive_features=images.groups[attribute].numpy(),
+            random_state=seed,
+        )
+        point[name] = score(pred, images, attribute, bootstrap, seed)
+    return point
+
+
+def as_point(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A repair report row as a point: its test numbers under `test`, validation under `val`."""
+    test = {
+        k: v
+        for k, v in row.items()
+        if k in ("n", "clean_acc", "eo_diff", "dp_diff", "by_group", "ci")
+    }
+    return {
+        "setting": row["setting"],
+        "test": test,
+        "val": row["val"],
+        "params_changed_fraction": row.get("params_changed_fraction"),
+    }
+
+
+def choose(points: Sequence[Mapping], val_acc: float, tolerance: float) -> Mapping | None:
+    """The point of lowest validation EO difference within `tolerance` of `val_acc` (None if
+    no point is)."""
+    fit = [p for p in points if p["val"]["clean_acc"] >= val_acc - tolerance]
+    return min(fit, key=lambda p: p["val"]["eo_diff"]) if fit else None
+
+
+def plot_tradeoff(curves: Mapping[str, Sequence[Mapping]], before: Mapping, path: Path) -> Path:
+    """Test accuracy against test EO difference of every point of every method."""
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name, points in curves.items():
+        xs = [p["test"]["eo_diff"] for p in points]
+        ys = [p["test"]["clean_acc"] for p in points]
+        ax.plot(xs, ys, "o-" if len(points) > 1 else "s", label=name)
+        for p, x, y in zip(points, xs, ys, strict=True):
+            ax.annotate(str(p["setting"]), (x, y), fontsize=6, alpha=0.7)
+    ax.plot(before["eo_diff"], before["clean_acc"], "k*", ms=12, label="original")
+    ax.axhline(before["clean_acc"] - 0.01, color="grey", ls="--", lw=0.8, label="-1 point")
+    ax.axvline(before["eo_diff"] / 2, color="grey", ls=":", lw=0.8, label="half the EO diff")
+    ax.set(xlabel="equalized-odds difference (test)", ylabel="accuracy (test)")
+    ax.set_title("Accuracy-fairness trade-off (labels: penalty weight / constraint bound)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_group_rates(models: Mapping[str, Mapping], path: Path) -> Path:
+    """Per model, each group's TPR, FPR and selection rate on the test split."""
+    rates = [("tpr", "TPR"), ("fpr", "FPR"), ("selection_rate", "selection rate")]
+    fig, axes = plt.subplots(1, len(rates), figsize=(5 * len(rates), 4), sharey=True)
+    names = list(models)
+    width = 0.38
+    for ax, (key, label) in zip(axes, rates, strict=True):
+        for i, group in enumerate(GROUPS):
+            values = [models[n]["by_group"][group][key] for n in names]
+            ax.bar(np.arange(len(names)) + (i - 0.5) * width, values, width, label=group)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_title(f"{label} per group (test)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def study(
+    directories: Sequence[Path], out: Path, bounds: Sequence[float], tolerance: float
+) -> dict[str, Any]:
+    """Gather the jobs of every sweep directory (of one train run; methods labelled by their
+    directory's name when there are several), run fairlearn's mitigations, choose every
+    method's point on validation, write the table and plots into `out`; returns the study."""
+    sweeps = {d: gather(d) for d in directories}
+    first = next(iter(sweeps.values()))[0]
+    others = {j["train_dir"] for jobs in sweeps.values() for j in jobs} - {first["train_dir"]}
+    if others:
+        raise ValueError(f"the sweeps repair other train runs than {first['train_dir']}: {others}")
+    run = load_train_run(first["train_dir"])
+    attribute = first["cfg"].objective.attribute
+    fine_tune, val = repair_split_parts(run, first["cfg"].repair.val_fraction, first["cfg"].seed)
+    parts = {"val": val, "test": run.splits.images(run.data, "test")}
+    seed = int(first["cfg"].seed)
+    before = first["before"]
+    curves = {
+        m: [as_point(r) for r in rows]
+        for d, jobs in sweeps.items()
+        for m, rows in repair_curves(jobs, d.name if len(sweeps) > 1 else "").items()
+    }
+    boot = int(first["cfg"].objective.bootstrap)
+    curves["reductions (ExpGrad, logistic)"] = reductions_curve(
+        run, attribute, parts, bounds, seed, boot
+    )
+    curves["ThresholdOptimizer"] = [threshold_point(run, attribute, fine_tune, parts, seed, boot)]
+    chosen = {
+        m: choose(points, before["val"]["clean_acc"], tolerance) for m, points in curves.items()
+    }
+    result = {
+        "directories": [str(d) for d in directories],
+        "train_dir": first["train_dir"],
+        "attribute": attribute,
+        "tolerance": tolerance,
+        "before": before,
+        "curves": curves,
+        "chosen": chosen,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "study.json").write_text(json.dumps(result, indent=2))
+    (out / "study.md").write_text(markdown(result))
+    plot_tradeoff(curves, before, out / "tradeoff.png")
+    models = {"original": before} | {
+        m: p["test"] for m, p in chosen.items() if p and "by_group" in p["test"]
+    }
+    plot_group_rates(models, out / "group_rates.png")
+    return result
+
+
+def cell(numbers: Mapping[str, Any], key: str, fmt: str) -> str:
+    """A number with its bootstrap interval, when it has one."""
+    text = format(numbers[key], fmt)
+    if key in numbers.get("ci", {}):
+        text += " [" + ", ".join(format(v, fmt) for v in numbers["ci"][key]) + "]"
+    return text
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The chosen point of every method, test numbers (bootstrap intervals in brackets)."""
+    before = result["before"]
+    lines = [
+        f"# Fairness study ({result['attribute']})",
+        "",
+        f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
+        f"validation part (n = {before['val']['n']}; lowest EO diff with accuracy within "
+        f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (repairs) or "
+        "constraint bound (reductions).",
+        "",
+        "| model | setting | accuracy | EO diff | DP diff | params changed | val accuracy "
+        "| val EO diff |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    rows = {"original": {"setting": "-", "test": before, "val": before["val"]}}
+    for name, p in {**rows, **result["chosen"]}.items():
+        if p is None:
+            lines.append(f"| {name} | none within tolerance | | | | | | |")
+            continue
+        t, v = p["test"], p["val"]
+        changed = p.get("params_changed_fraction")
+        lines.append(
+            f"| {name} | {p['setting']} | {cell(t, 'clean_acc', '.2%')} | "
+            f"{cell(t, 'eo_diff', '.3f')} | {cell(t, 'dp_diff', '.3f')} | "
+            f"{'-' if changed is None else f'{changed:.1%}'} | {v['clean_acc']:.2%} | "
+            f"{v['eo_diff']:.3f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "directories", type=Path, nargs="+", help="multirun directories of repair.py jobs"
+    )
+    parser.add_argument("--out", type=Path, help="where to write (default: the first directory)")
+    parser.add_argument("--bounds", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.04, 0.08])
+    parser.add_argument("--tolerance", type=float, default=0.01)
+    args = parser.parse_args(argv)
+    out = args.out or args.directories[0]
+    result = study(args.directories, out, args.bounds, args.tolerance)
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
