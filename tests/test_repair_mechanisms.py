@@ -237,3 +237,21 @@ def test_mechanism_configs_build_and_any_method_takes_an_update(tmp_path):
     assert isinstance(methods["random"].update, ScaleBias)
     assert type(methods["targeted"].update) is Update
     assert methods["annealed"].finetune["rollback"] and methods["annealed"].finetune["patience"]
+
+
+def test_lookahead_scores_a_plan_under_an_update_and_leaves_the_model(tiny):
+    from ipg_gnn.repair.lookahead import lookahead_gain
+
+    model, images = tiny
+    snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = RepairPlan(model_fingerprint(model), "node", {}, {"net.1": [0, 1, 3]})
+    masks = plan_masks(model, plan, capture_plan=None)  # a node plan needs no capture plan
+    train, val = images.subset(range(64)), images.subset(range(64, 96))
+    steps = {"steps": 4, "lr": 0.05, "batch_size": 16}
+    gains = {
+        name: lookahead_gain(model, masks, train, val, CrossEntropy(), **steps, update=u)["gain"]
+        for name, u in [("entries", None), ("low_rank", LowRank(rank=1))]
+    }
+    assert gains["low_rank"] != gains["entries"]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in snapshot.items())
+    assert not any(hasattr(m, "parametrizations") for m in model.modules())
