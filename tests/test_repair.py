@@ -362,6 +362,30 @@ def test_repair_job_end_to_end(tmp_path):
     (tmp_path / "logs/train/r1/detector.pt").unlink()
     with pytest.raises(FileNotFoundError, match="has no detector"):
         run_repair(compose_config("repair", tmp_path, [f"paths.output_dir={tmp_path}/run2"]))
+    # A saved plan's ranking is reused (no explainer, so no detector): targets chosen anew.
+    reuse = [
+        "attack=[fgsm]",
+        "repair.val_evaluations=[fgsm]",
+        "robust_eval=none",
+        "repair.layer=null",
+        "repair.k=1",
+        "repair.finetune.epochs=1",
+        "repair.baselines=[]",
+        "objective.train_attack.art_attack.max_iter=3",
+    ]
+    with pytest.raises(ValueError, match="repair.plan=nowhere.json: no such file"):
+        run_repair(compose_config("repair", tmp_path, [*reuse, "repair.plan=nowhere.json"]))
+    again = run_repair(
+        compose_config(
+            "repair",
+            tmp_path,
+            [*reuse, f"repair.plan={run / 'repair_plan.json'}", f"paths.output_dir={tmp_path}/r3"],
+        )
+    )
+    assert again["plan"]["targets"] == {"net.1": 1, "net.3": 1, "net.5": 1}
+    replanned = RepairPlan.load(tmp_path / "r3" / "repair_plan.json")
+    assert replanned.targets["net.3"] == [plan.layers["net.3"]["units"][0][0]]
+    assert replanned.provenance["reused_from"] == str(run / "repair_plan.json")
 
 
 def test_flow_difference_plans_first_layer_weights_that_static_ipgs_never_capture(tmp_path):

@@ -121,6 +121,9 @@ class FinetuneSettings:
     lr: Positive
     tolerance: Annotated[float, Bound(0)]
     check_every: PositiveInt
+    rollback: bool
+    tolerance_start: Annotated[float, Bound(0)] | None
+    anneal_fraction: Fraction
 
 
 @dataclass
@@ -182,6 +185,8 @@ def _violation(value: Any, kind: Any) -> str | None:
         if any(w is None for w in wrongs):
             return None
         return ("null or " if type(None) in options else "") + " or ".join(map(str, wrongs))
+    if kind is bool:
+        return None if isinstance(value, bool) else "true or false"
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if kind is int:
         return None if number and isinstance(value, int) else "an integer"

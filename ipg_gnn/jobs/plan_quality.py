@@ -5,8 +5,10 @@ On a train run, every explainer of `study.explainers` ranks the repair split onc
 budget of `study.fractions` its plan is scored by the look-ahead (`ipg_gnn.repair.lookahead`:
 the relative fall of the objective's repair loss on the repair split's validation part after a
 few masked steps on its fine-tuning part), beside `study.draws` random plans of the same layers,
-level and budget. Writes `plan_quality.json` and `plan_quality.png` (gain against budget, one line
-per explainer, its random plans as mean and spread). The test split is never touched.
+level and budget; `study.update` (a `conf/repair/update/` config, default none: every planned
+entry on its own) scores the plans under that repair mechanism (mind `study.lr`). Writes
+`plan_quality.json` and `plan_quality.png` (gain against budget, one line per explainer, its
+random plans as mean and spread). The test split is never touched.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
         cfg.dataset = run.cfg.dataset
     objective = make_objective(cfg)
     attributors = {n: build(c, f"study.explainers.{n}") for n, c in study.explainers.items()}
+    update = build(study.update, "study.update") if study.get("update") else None
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
     out = Path(cfg.paths.output_dir)
     clock = StageClock()
@@ -58,7 +61,7 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
         loss = objective.repair_loss(plan.units(), cfg.seed)
         return lookahead_gain(
             run.model, masks, fine_tune, val, loss, study.steps, study.lr, study.batch_size,
-            cfg.seed,
+            cfg.seed, update,
         )["gain"]  # fmt: skip
 
     results: dict[str, Any] = {"fractions": list(study.fractions), "explainers": {}}

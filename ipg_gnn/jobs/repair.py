@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
@@ -33,13 +34,14 @@ from ipg_gnn.jobs.stages import (
     split_inputs,
 )
 from ipg_gnn.objectives import Contrast, Objective, Population
-from ipg_gnn.plan import PlanError, RepairPlan, make_plan
+from ipg_gnn.plan import PlanError, RepairPlan, choose_targets, make_plan
 from ipg_gnn.plan.plot import plot_plan
-from ipg_gnn.provenance import trace
+from ipg_gnn.provenance import CapturePlan, trace
 from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target
 from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
 from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.keys import model_fingerprint
 from ipg_gnn.runs.run_dir import RunRecord, claim
 from ipg_gnn.runs.tracking import StageClock, make_loggers, publish
 from ipg_gnn.runs.train_run import (
@@ -99,6 +101,8 @@ def repair_components(
         )
     example = run.splits.images(run.data, "repair").x[:1]
     planned_layers(cfg, trace(run.model, example).weight_layers())
+    if cfg.repair.plan and not Path(cfg.repair.plan).is_file():
+        raise ConfigError(f"repair.plan={cfg.repair.plan}: no such file (a repair_plan.json)")
     return objective, methods, attributor
 
 
@@ -194,6 +198,31 @@ def make_repair_plan(
     layers = planned_layers(cfg, repairable)
     counts = plan_counts(cfg, run.model, capture_plan, layers or repairable)
     return make_plan(attribution, topology, cfg.repair.level, layers, counts, provenance)
+
+
+def reused_plan(
+    cfg: DictConfig, run: TrainRun, example: torch.Tensor
+) -> tuple[RepairPlan, CapturePlan]:
+    """The ranking of a saved plan (`repair.plan`, made for this run's model) with targets
+    chosen anew for `repair.layer`, `level` and budget: the jobs of a budget or layer sweep
+    share one attribution instead of each running the explainer again. Returns it and the
+    capture plan its edges refer to."""
+    path = Path(cfg.repair.plan)
+    ranked = RepairPlan.load(path)
+    ranked.check_model(model_fingerprint(run.model))
+    if "include_input" not in ranked.provenance and cfg.repair.level == "edge":
+        raise PlanError(f"{path} predates recorded input nodes; reuse it at node level only")
+    capture_plan = trace(run.model, example, ranked.provenance.get("include_input", False))
+    layers = planned_layers(cfg, capture_plan.weight_layers())
+    pool = "units" if cfg.repair.level == "node" else "edges"
+    counts = plan_counts(
+        cfg, run.model, capture_plan, layers or [n for n, r in ranked.layers.items() if r[pool]]
+    )
+    targets = choose_targets(ranked.layers, cfg.repair.level, layers, counts)
+    provenance = {**ranked.provenance, "reused_from": str(path)}
+    return RepairPlan(ranked.fingerprint, cfg.repair.level, ranked.layers, targets, provenance), (
+        capture_plan
+    )
 
 
 @dataclass
@@ -299,23 +328,28 @@ def _repair(
     loggers = make_loggers(cfg)
     clock = StageClock()
 
-    source = RepairSplitSource(cfg, run, make_objective(run.cfg), clock)
-    with clock("attribution"):
-        attribution, topology = attributor(source)
-    capture_plan = trace(run.model, fine_tune.x[:1], topology.config.include_input)
-    plan = make_repair_plan(
-        cfg,
-        run,
-        attribution,
-        topology,
-        capture_plan,
-        {
-            "train_dir": str(run.directory),
-            "train_run": run.record.run_id,
-            "detector": source.used_detector and str(source.used_detector),
-            "explainer_contrast": attributor.contrast,
-        },
-    )
+    if cfg.repair.plan:
+        plan, capture_plan = reused_plan(cfg, run, fine_tune.x[:1])
+    else:
+        source = RepairSplitSource(cfg, run, make_objective(run.cfg), clock)
+        with clock("attribution"):
+            attribution, topology = attributor(source)
+        include_input = topology.config.include_input
+        capture_plan = trace(run.model, fine_tune.x[:1], include_input)
+        plan = make_repair_plan(
+            cfg,
+            run,
+            attribution,
+            topology,
+            capture_plan,
+            {
+                "train_dir": str(run.directory),
+                "train_run": run.record.run_id,
+                "detector": source.used_detector and str(source.used_detector),
+                "explainer_contrast": attributor.contrast,
+                "include_input": include_input,
+            },
+        )
     plan.save(out / "repair_plan.json")
     plot_plan(plan, out / "repair_plan.png")
 
@@ -347,7 +381,7 @@ def _repair(
         "baselines": results,
         "plan": {
             "level": plan.level,
-            "explainer": attributor.name,
+            "explainer": plan.provenance["explainer"],
             "targets": {lay: len(t) for lay, t in plan.targets.items()},
         },
         "timing_s": clock.seconds,

@@ -133,10 +133,34 @@ def make_plan(
 ) -> RepairPlan:
     """Choose the `k` top-ranked targets (per layer, or a count for each layer) of each layer in
     `layers` (default: every repairable layer with candidates at this level)."""
+    ranked = rank_layers(attribution, topology)
+    targets = choose_targets(ranked, level, layers, k)
+    return RepairPlan(
+        topology.fingerprint,
+        Level(level).value,
+        ranked,
+        targets,
+        {
+            "explainer": attribution.explainer,
+            "score": attribution.score,
+            **({"stability": attribution.stability} if attribution.stability else {}),
+            **(provenance or {}),
+        },
+    )
+
+
+def choose_targets(
+    ranked: Mapping[str, Mapping[str, Any]],
+    level: str,
+    layers: Sequence[str] | None,
+    k: int | Mapping[str, int],
+) -> dict[str, list]:
+    """The `k` top-ranked targets (per layer, or a count for each layer) of each layer in
+    `layers` (default: every ranked layer with candidates at this level) of a ranking
+    (`rank_layers`, or a saved plan's `layers`)."""
     if level not in tuple(Level):
         raise PlanError(f"repair level must be one of {[v.value for v in Level]}; got {level!r}")
     level = Level(level).value
-    ranked = rank_layers(attribution, topology)
     pool_key = "units" if level == "node" else "edges"
     # By default every layer with candidates at this level: the first weight layer has no
     # captured incoming edges unless the input features are nodes.
@@ -161,15 +185,4 @@ def make_plan(
             if level == "node"
             else [[e[0], e[3]] for e in pool[:count]]
         )
-    return RepairPlan(
-        topology.fingerprint,
-        level,
-        ranked,
-        targets,
-        {
-            "explainer": attribution.explainer,
-            "score": attribution.score,
-            **({"stability": attribution.stability} if attribution.stability else {}),
-            **(provenance or {}),
-        },
-    )
+    return targets

@@ -20,11 +20,13 @@ from ipg_gnn.repair.methods import (
     RepairContext,
     RepairMethod,
 )
+from ipg_gnn.repair.updates import LowRank, ScaleBias, Update
 
 __all__ = [
     "ActivationPatch",
     "FinePruning",
     "LayerFinetune",
+    "LowRank",
     "MaskedFinetune",
     "Masks",
     "PatchedModel",
@@ -32,6 +34,8 @@ __all__ = [
     "RandomPlanFinetune",
     "RepairContext",
     "RepairMethod",
+    "ScaleBias",
+    "Update",
     "all_masks",
     "count_allowed",
     "layer_masks",

@@ -7,16 +7,23 @@ not change either. The loss comes from the objective (for robustness: cross-entr
 inputs and on adversarial inputs crafted against the model being repaired at that step). Every
 `check_every` steps the clean accuracy on a validation part is measured; once it has stayed more
 than `tolerance` below the start for `patience` checks in a row, training stops (`patience=None`:
-never, the whole schedule runs). The weights returned are always the last ones that were within
-tolerance at a check. Adversarial fine-tuning dips clean accuracy for hundreds of steps before
-recovering it (full MNIST, every parameter: 95.8% at first, 96.7% after 20 epochs, from 97.3%),
-so any early stop during the dip returns a model that has barely changed.
+never, the whole schedule runs; with `rollback`, training goes back to the last weights within
+the tolerance and goes on instead of stopping). The weights returned are always the last ones
+that were within tolerance at a check. Adversarial fine-tuning dips clean accuracy for hundreds
+of steps before recovering it (full MNIST, every parameter: 95.8% at first, 96.7% after 20
+epochs, from 97.3%), so any early stop during the dip returns a model that has barely changed.
+`tolerance_start` anneals the tolerance: it starts there and falls linearly to `tolerance` over
+the first `anneal_fraction` of the steps, so with `rollback` training may wander far from the
+clean optimum early and is pulled back ever closer to it (the weights returned are still the
+last within `tolerance` itself).
 
 A plain loop rather than a Lightning `Trainer`: the per-step write-back and the eval-mode
 training are the whole point here, and a loop states them directly.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -43,12 +50,23 @@ def masked_finetune(
     seed: int = 0,
     progress: bool = True,
     baseline_acc: float | None = None,
+    tolerance_start: float | None = None,
+    anneal_fraction: float = 0.5,
+    rollback: bool = False,
 ) -> dict:
     """Fine-tune `model` in place, changing only what `masks` allows. Returns a summary.
     `baseline_acc`: the validation clean accuracy to stay within `tolerance` of (default: the
     model's at the start; a method that edits the model first passes the original's)."""
     if check_every < 1 or (patience is not None and patience < 1):
         raise ValueError(f"check_every and patience must be >= 1; got {check_every}, {patience}")
+    if rollback and patience is None:
+        raise ValueError("rollback goes back after `patience` checks beyond the tolerance; set it")
+    annealed = tolerance_start is not None
+    if annealed and (tolerance_start < tolerance or not 0 < anneal_fraction <= 1):
+        raise ValueError(
+            f"an annealed tolerance starts at or above `tolerance` ({tolerance}) and falls over a "
+            f"fraction in (0, 1] of the steps; got {tolerance_start} over {anneal_fraction}"
+        )
     params = dict(model.named_parameters())
     unknown = set(masks) - set(params)
     if unknown:
@@ -65,16 +83,8 @@ def masked_finetune(
     model.eval()
     start_acc = accuracy(model, val)
     baseline_acc = start_acc if baseline_acc is None else baseline_acc
-    # Whether the weights kept were ever within tolerance (the start is not, after a pruning).
-    within = baseline_acc - start_acc <= tolerance
-    # Only trainable tensors ever change, so they alone are kept as the last good state.
-    kept = {name: p.detach().clone() for name, p in trainable.items()}
-
-    def restore_kept() -> None:
-        with torch.no_grad():
-            for name, p in trainable.items():
-                p.copy_(kept[name])
-
+    # Only trainable tensors ever change, so they alone are kept as states to go back to.
+    kept = Checkpoints(trainable, baseline_acc - start_acc, tolerance)
     history: list[dict] = []
     generator = torch.Generator().manual_seed(seed)
     batches = (
@@ -84,6 +94,7 @@ def masked_finetune(
         for i in range(0, len(train), batch_size)
     )
     total = epochs * -(-len(train) // batch_size)
+    schedule = AnnealedTolerance(tolerance, tolerance_start, anneal_fraction * total)
     strikes = 0
     try:
         with loss_fn.attach(model):
@@ -101,25 +112,30 @@ def masked_finetune(
                         p.copy_(torch.where(masks[name], p, original[name]))
                 if step % check_every and step != total:
                     continue
-                acc = accuracy(model, val)
+                acc, allowed = accuracy(model, val), schedule(step)
                 history.append(
                     {
                         "step": step,
                         "epoch": epoch,
                         "val_clean_acc": acc,
+                        "tolerance": allowed,
                         "loss": float(loss.detach()),
                     }
                 )
-                if baseline_acc - acc <= tolerance:
-                    strikes, within = 0, True
-                    kept = {name: p.detach().clone() for name, p in trainable.items()}
+                if baseline_acc - acc <= allowed:
+                    strikes = 0
+                    kept.add(trainable, baseline_acc - acc)
                     continue
                 strikes += 1
                 if patience is not None and strikes >= patience:
-                    history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
-                    break
-            if strikes:
-                restore_kept()  # the weights since the last check within tolerance went too far
+                    if not rollback:
+                        history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
+                        break
+                    kept.restore(trainable, allowed)
+                    history[-1]["rolled_back"] = True
+                    strikes = 0
+            # The last weights within the (final) tolerance: later ones went too far.
+            within = kept.restore(trainable, tolerance)
     finally:
         for p in params.values():
             p.requires_grad_(True)
@@ -140,3 +156,50 @@ def changed_params(model: nn.Module, original: dict[str, torch.Tensor]) -> dict[
         "params_changed": changed,
         "params_changed_fraction": changed / sum(p.numel() for p in params.values()),
     }
+
+
+@dataclass
+class AnnealedTolerance:
+    """The clean-accuracy tolerance at a step: `start` falling linearly to `end` over the
+    first `steps` steps, then `end` (`start` None: `end` throughout)."""
+
+    end: float
+    start: float | None
+    steps: float
+
+    def __call__(self, step: int) -> float:
+        if self.start is None or step >= self.steps:
+            return self.end
+        return self.end + (self.start - self.end) * (1 - step / self.steps)
+
+
+class Checkpoints:
+    """The states a fine-tuning run may go back to: for any tolerance, the last state checked
+    within it. Tolerances only shrink, so a state is dropped once a later one is at least as
+    accurate, or once a later one is within the final tolerance `floor` (every later query
+    accepts that one). The first state (the start) stays as the fallback when nothing else is
+    within a tolerance; with a fixed tolerance at most two states are held."""
+
+    def __init__(self, params: dict[str, nn.Parameter], drop: float, floor: float) -> None:
+        self.floor = floor
+        self.states = [(drop, self._copy(params))]
+
+    @staticmethod
+    def _copy(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in params.items()}
+
+    def add(self, params: dict[str, nn.Parameter], drop: float) -> None:
+        """Keep the current state, checked at `drop` below the baseline accuracy."""
+        while len(self.states) > 1 and (self.states[-1][0] >= drop or drop <= self.floor):
+            self.states.pop()
+        self.states.append((drop, self._copy(params)))
+
+    def restore(self, params: dict[str, nn.Parameter], tolerance: float) -> bool:
+        """Load the last state within `tolerance` (the start if none is); whether it is."""
+        while len(self.states) > 1 and self.states[-1][0] > tolerance:
+            self.states.pop()
+        drop, state = self.states[-1]
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(state[name])
+        return drop <= tolerance

@@ -18,6 +18,7 @@ from ipg_gnn.data import Images
 from ipg_gnn.objectives import RepairLoss
 from ipg_gnn.repair.finetune import masked_finetune
 from ipg_gnn.repair.masks import Masks
+from ipg_gnn.repair.updates import Update
 
 
 def mean_loss(model: nn.Module, images: Images, loss_fn: RepairLoss, batch_size: int) -> float:
@@ -41,9 +42,11 @@ def lookahead_gain(
     lr: float = 1e-3,
     batch_size: int = 128,
     seed: int = 0,
+    update: Update | None = None,
 ) -> dict[str, float]:
     """Repair loss on `val` before and after `steps` masked steps on `train` (a copy of `model`
-    is adapted), and the relative fall `gain` = (before - after) / before."""
+    is adapted, through `update`: how the planned entries change), and the relative fall
+    `gain` = (before - after) / before."""
     if steps * batch_size > len(train):
         raise ValueError(
             f"a look-ahead of {steps} steps of {batch_size} needs {steps * batch_size} inputs; "
@@ -54,7 +57,7 @@ def lookahead_gain(
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     masked_finetune(
         trial,
-        masks,
+        (update or Update()).apply(trial, masks, seed),
         train.subset(order[: steps * batch_size]),
         val,
         loss_fn,

@@ -29,6 +29,7 @@ from ipg_gnn.plan import RepairPlan
 from ipg_gnn.provenance import CapturePlan
 from ipg_gnn.repair.finetune import changed_params, masked_finetune
 from ipg_gnn.repair.masks import Masks, all_masks, count_allowed, layer_masks, plan_masks
+from ipg_gnn.repair.updates import Update
 from ipg_gnn.targets import accuracy
 
 
@@ -85,11 +86,13 @@ class MaskedFinetune(RepairMethod):
     """Fine-tuning of the entries `targets` allows, with the objective's repair loss. `prune`:
     those entries are zeroed first, so what they carried is removed and only what the repair
     loss's data needs grows back (a fault no repair input exercises gets no gradient, so
-    fine-tuning alone leaves it where it is)."""
+    fine-tuning alone leaves it where it is). `update`: how the allowed entries change (default
+    each on its own; `LowRank`, `ScaleBias`: fewer trainable degrees of freedom, reported as
+    `dof` beside the weights changed)."""
 
-    def __init__(self, prune: bool = False, **kwargs) -> None:
+    def __init__(self, prune: bool = False, update: Update | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.prune = prune
+        self.prune, self.update = prune, update or Update()
 
     @abstractmethod
     def targets(
@@ -106,9 +109,10 @@ class MaskedFinetune(RepairMethod):
                     if name in masks:
                         p.masked_fill_(masks[name], 0.0)
         loss = ctx.objective.repair_loss(units, ctx.seed, **self.loss)
+        trained = self.update.apply(model, masks, ctx.seed + draw)
         info = masked_finetune(
             model,
-            masks,
+            trained,
             ctx.fine_tune,
             ctx.val,
             loss,
@@ -116,12 +120,13 @@ class MaskedFinetune(RepairMethod):
             baseline_acc=accuracy(ctx.model, ctx.val),
             **self.schedule(ctx),
         )
+        self.update.bake(model)
         if not info["within_tolerance"]:
             # Pruned, and clean accuracy never came back within tolerance: no repair.
             model = copy.deepcopy(ctx.model)
         # Counted against the original: entries pruned before fine-tuning changed too.
         info |= changed_params(model, dict(ctx.model.named_parameters()))
-        info["params_allowed"] = count_allowed(masks)
+        info["params_allowed"], info["dof"] = count_allowed(masks), count_allowed(trained)
         return model, info
 
 
@@ -293,6 +298,7 @@ class ActivationPatch(RepairMethod):
             "params_changed": 0,
             "params_changed_fraction": 0.0,
             "params_allowed": 0,
+            "dof": 0,
             "units_patched": sum(map(len, units.values())),
         }
         return model, info

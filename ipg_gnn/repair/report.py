@@ -61,8 +61,8 @@ def markdown_report(report: Mapping, objective: Objective) -> str:
         f"Plan: {report['plan']['level']} level, explainer {report['plan']['explainer']}, "
         f"targets {report['plan']['targets']}.",
         "",
-        "| model | " + " | ".join(head) + " | params changed | repair time |",
-        "|---" * (3 + len(head)) + "|",
+        "| model | " + " | ".join(head) + " | params changed | trainable DOF | repair time |",
+        "|---" * (4 + len(head)) + "|",
     ]
     for name, r in rows.items():
         changed = (
@@ -70,9 +70,10 @@ def markdown_report(report: Mapping, objective: Objective) -> str:
             if "params_changed" in r
             else "-"
         )
+        dof = f"{r['dof']:.0f}" if "dof" in r else "-"
         seconds = f"{r['repair_seconds']:.0f} s" if "repair_seconds" in r else "-"
         cells = objective.columns(r).values()
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {changed} | {seconds} |")
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {changed} | {dof} | {seconds} |")
     lines += _validation_table(rows, objective)
     return "\n".join(lines) + "\n"
 
