@@ -225,8 +225,7 @@ class Membership(Objective):
     """Members vs non-members of the target's training data (see the module docstring).
     `parts`: the fraction of `target_train` whose inputs are each IPG split's members; `seed`
     fixes the draws; `lira`: the shadow models of the LiRA baseline (`shadows`: how many,
-    `split`: the split whose inputs, disjoint from every audited input, they train on,
-    `global_variance`: see `lira_offline`)."""
+    `split`: the split whose inputs, disjoint from every audited input, they train on)."""
 
     reference = "nonmember"
     noun = "population"
@@ -235,7 +234,7 @@ class Membership(Objective):
         self, parts: Mapping[str, float], seed: int, lira: Mapping[str, Any] | None = None
     ) -> None:
         self.parts = AuditParts(parts, seed)
-        self.lira = {"shadows": 8, "split": "repair", "global_variance": False, **(lira or {})}
+        self.lira = {"shadows": 8, "split": "repair", **(lira or {})}
         if int(self.lira["shadows"]) < 2:
             raise ConfigError(f"objective.lira.shadows must be >= 2; got {self.lira['shadows']}")
         if self.lira["split"] in self.parts.parts:

@@ -10,7 +10,8 @@ same member / non-member inputs of the run's IPG splits with every attack:
 - `lira`: LiRA offline (Carlini et al. 2022): `--shadows` models trained like the target on
   random subsets (of `target_train`'s size) of the split `objective.lira.split`, which holds no
   audited input; the score is how far the target's logit-scaled confidence lies above the
-  shadows' (OUT) Gaussian of each input.
+  shadows' (OUT) Gaussian of each input; `lira_fixed_variance` uses one spread for all inputs
+  (the paper's choice below 64 shadows).
 
 Each attack's threshold (for balanced accuracy) is fitted on the audit's validation part
 (`ipg_val`); every number is of the test part. Writes `membership_audit.{json,md}` and the
@@ -141,9 +142,10 @@ def score_all(
                 "GNN": score_graphs(detector, datasets[split]).double(),
                 "flat": flat.score(Activations.of(datasets[split])),
                 **attack_scores(logits, images.y),
-                "lira": lira_offline(
-                    logit_confidence(logits, images.y), shadow, objective.lira["global_variance"]
-                ),
+                **{
+                    name: lira_offline(logit_confidence(logits, images.y), shadow, fixed)
+                    for name, fixed in (("lira", False), ("lira_fixed_variance", True))
+                },
             }
     return scores, {s: labels[s] for s in (SELECT, TEST)}
 
