@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from ipg_gnn.objectives.membership import (
     fit_threshold,
     lira_offline,
     logit_confidence,
+    logits_of,
 )
 from tests.conftest import compose_config
 
@@ -110,7 +112,43 @@ def test_scores_and_lira_equal_their_formulas():
         lira_offline(target, shadow[:1])
 
 
-def test_membership_audit_runs_end_to_end_on_an_overfit_target(tmp_path):
+def test_loss_threshold_and_lira_beat_chance_on_an_overfit_toy():
+    """A small MLP memorises 200 points with noisy labels; shadow models train on other
+    points of the same distribution."""
+    from ipg_gnn.targets import MLP
+
+    def data(n: int, seed: int) -> Images:
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, 1, 1, 4, generator=g)
+        y = (x.sum((1, 2, 3)) > 0).long()
+        flip = torch.rand(n, generator=g) < 0.3
+        return Images(x, torch.where(flip, 1 - y, y))
+
+    def fit(images: Images, seed: int) -> torch.nn.Module:
+        """Full-batch Adam to memorisation (a plain loop: Lightning's per-epoch overhead would
+        dominate this test)."""
+        torch.manual_seed(seed)
+        model = MLP([1, 1, 4], 2, [64, 64])
+        optimiser = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(300):
+            optimiser.zero_grad()
+            torch.nn.functional.cross_entropy(model(images.x), images.y).backward()
+            optimiser.step()
+        return model.eval()
+
+    members, nonmembers = data(200, 0), data(200, 1)
+    target = fit(members, 0)
+    shadows = [fit(data(200, 10 + i), i + 1) for i in range(3)]
+    x, y = torch.cat([nonmembers.x, members.x]), torch.cat([nonmembers.y, members.y])
+    is_member = torch.cat([torch.zeros(200), torch.ones(200)]).long()
+    logits = logits_of(target, x)
+    loss = attack_metrics(attack_scores(logits, y)["loss"], is_member, 0.0)
+    out = torch.stack([logit_confidence(logits_of(m, x), y) for m in shadows])
+    lira = attack_metrics(lira_offline(logit_confidence(logits, y), out), is_member, 0.0)
+    assert loss["auc"] > 0.65 and lira["auc"] > 0.65
+
+
+def test_membership_audit_runs_end_to_end(tmp_path):
     from ipg_gnn.graphs import GraphStore
     from ipg_gnn.jobs.train import run_train
     from ipg_gnn.runs.train_run import load_train_run
@@ -129,7 +167,7 @@ def test_membership_audit_runs_end_to_end_on_an_overfit_target(tmp_path):
                 "split.fractions={target_train: 0.3, ipg_train: 0.2, ipg_val: 0.1, "
                 "repair: 0.3, test: 0.1}",
                 "split.max_size.target_train=300",
-                "target.train.epochs=40",
+                "target.train.epochs=3",
                 "ipg.calibration_size=100",
                 "gnn.train.max_epochs=1",
                 "detector.baselines={}",
@@ -140,15 +178,15 @@ def test_membership_audit_runs_end_to_end_on_an_overfit_target(tmp_path):
     )
     report = trained["attack"]
     assert report["n_members"] == report["n_nonmembers"] == 120
-    assert report["member_acc"] > 0.98 and report["accuracy_gap"] > 0.02
+    assert 0 <= report["member_acc"] <= 1 and 0 <= report["nonmember_acc"] <= 1
     run = load_train_run(run_dir)
     ipgs = trained["ipg"]
     train_index = set(run.splits.indices["target_train"])
     drawn: list[set[int]] = []
     for split in ("ipg_train", "ipg_val", "test"):
         stores = ipgs["stores"][split]
-        member = GraphStore(f"{ipgs['root']}/{stores['member']}").load()
-        nonmember = GraphStore(f"{ipgs['root']}/{stores['nonmember']}").load()
+        member = GraphStore(Path(ipgs["root"]) / stores["member"]).load()
+        nonmember = GraphStore(Path(ipgs["root"]) / stores["nonmember"]).load()
         assert len(member["source_index"]) == len(nonmember["source_index"])
         assert set(member["source_index"].tolist()) <= train_index
         assert set(nonmember["source_index"].tolist()) <= set(run.splits.indices[split])
@@ -166,9 +204,8 @@ def test_membership_audit_runs_end_to_end_on_an_overfit_target(tmp_path):
         "lira",
         "lira_fixed_variance",
     }
-    assert attacks["loss"]["auc"] > 0.6 and attacks["lira"]["auc"] > 0.6
-    assert attacks["loss"]["n_nonmembers"] == 120
-    assert result["generalisation"]["loss_gap"] > 0
+    assert all(a["n_members"] == a["n_nonmembers"] == 120 for a in attacks.values())
+    assert result["generalisation"]["member"]["n"] == 300
     saved = json.loads((tmp_path / "audit/membership_audit.json").read_text())
     assert saved["strongest_baseline"] in attacks
     assert (tmp_path / "audit/membership_roc.png").is_file()
