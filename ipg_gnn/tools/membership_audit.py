@@ -215,7 +215,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         f"{g['member']['n']} inputs), held-out {g['nonmember']['accuracy']:.2%} "
         f"(loss {g['nonmember']['loss']:.3f}, {g['nonmember']['n']} inputs).",
         f"Test part: {first['n_members']} members, {first['n_nonmembers']} non-members "
-        f"(TPR@0.1%FPR allows {first['n_nonmembers'] // 1000} false positives among them"
+        f"(TPR@0.1%FPR allows {first['n_nonmembers'] // 1000} false positive(s) among them"
         f"{'; fewer than 1000 non-members: not meaningful' if first['n_nonmembers'] < 1000 else ''}"
         f"). Thresholds fitted on ipg_val; LiRA with {report['shadows']} shadow models.",
         "",
