@@ -68,7 +68,8 @@ def test_members_are_disjoint_parts_of_target_train_and_balanced():
         ({"parts": {"ipg_train": 0.6, "test": 0.6}}, "at most 1"),
         ({"parts": {"target_train": 0.5}}, "names splits"),
         ({"parts": {"test": 0.5}, "lira": {"shadows": 1}}, "shadows must be >= 2"),
-        ({"parts": {"repair": 0.5}}, "holds audited members"),
+        ({"parts": {"repair": 0.5}}, "holds no audited member"),
+        ({"parts": {"test": 0.5}, "lira": {"split": "target_train"}}, "holds no audited member"),
     ],
 )
 def test_bad_settings_are_refused(settings, message):

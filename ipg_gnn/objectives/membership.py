@@ -237,10 +237,12 @@ class Membership(Objective):
         self.lira = {"shadows": 8, "split": "repair", **(lira or {})}
         if int(self.lira["shadows"]) < 2:
             raise ConfigError(f"objective.lira.shadows must be >= 2; got {self.lira['shadows']}")
-        if self.lira["split"] in self.parts.parts:
+        if self.lira["split"] not in AUDIT_SPLITS or self.lira["split"] in self.parts.parts:
             raise ConfigError(
-                f"objective.lira.split={self.lira['split']!r} holds audited members; shadow "
-                "models must train on inputs disjoint from every audited one"
+                f"objective.lira.split={self.lira['split']!r} must be a split of "
+                f"{list(AUDIT_SPLITS)} that holds no audited member or non-member "
+                f"(objective.parts: {list(self.parts.parts)}): shadow models train on inputs "
+                "disjoint from every audited one"
             )
 
     def reference_population(self) -> NonMemberPopulation:
