@@ -25,7 +25,7 @@ from torch import nn
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
-from ipg_gnn.data import ImageDataset, Splits, make_splits
+from ipg_gnn.data import ImageDataset, Images, Splits, make_splits
 from ipg_gnn.detect import Activations, evaluate_scores, fit_detector, layer_spans, score_graphs
 from ipg_gnn.detect.differentiable import BaselineLogit, GNNLogit, GraphLogit
 from ipg_gnn.detect.report import markdown_report, plot_roc_curves, plot_transfer
@@ -95,22 +95,37 @@ def obtain_target(
             return model, {"checkpoint": str(path), "origin": "cache"}
         except ArtifactError as e:
             log.warning("%s; training the target again", e)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    model = fit_target(cfg, arch, training_set, cfg.seed, loggers)
+    save_checkpoint(path, model, arch, {"key_config": plain(cfg.target)})
+    log.info("trained target cached at %s", path)
+    return model, {"checkpoint": str(path), "origin": "trained"}
+
+
+def fit_target(
+    cfg: DictConfig,
+    arch: Mapping[str, Any],
+    training_set: Images,
+    seed: int,
+    loggers: list[Logger] | None = None,
+    **trainer_settings: Any,
+) -> nn.Module:
+    """A fresh model of `arch` trained on `training_set` the way `target.train` and `trainer`
+    say, seeded by `seed`: the target, or a shadow model trained like it."""
+    L.seed_everything(seed, workers=True, verbose=False)
     model = build_model(arch)
     train = cfg.target.train
-    trainer: L.Trainer = instantiate(cfg.trainer, max_epochs=train.epochs, logger=loggers or False)
-    model = train_target(
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, max_epochs=train.epochs, logger=loggers or False, **trainer_settings
+    )
+    return train_target(
         model,
         training_set,
         trainer,
         batch_size=train.batch_size,
         lr=train.lr,
         weight_decay=train.weight_decay,
-        seed=cfg.seed,
+        seed=seed,
     )
-    save_checkpoint(path, model, arch, {"key_config": plain(cfg.target)})
-    log.info("trained target cached at %s", path)
-    return model, {"checkpoint": str(path), "origin": "trained"}
 
 
 def split_inputs(data: ImageDataset, splits: Splits) -> SplitInputs:

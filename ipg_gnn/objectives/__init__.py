@@ -19,11 +19,18 @@ from ipg_gnn.objectives.base import (
     SplitInputs,
 )
 from ipg_gnn.objectives.fairness import Fairness, FairnessLoss, GroupPopulation
+from ipg_gnn.objectives.membership import (
+    AuditParts,
+    MemberPopulation,
+    Membership,
+    NonMemberPopulation,
+)
 from ipg_gnn.objectives.robustness import AdversarialLoss, AttackContrast, Robustness
 
 __all__ = [
     "AdversarialLoss",
     "AttackContrast",
+    "AuditParts",
     "Backdoor",
     "BackdoorLoss",
     "ConsistencyLoss",
@@ -33,6 +40,9 @@ __all__ = [
     "Fairness",
     "FairnessLoss",
     "GroupPopulation",
+    "MemberPopulation",
+    "Membership",
+    "NonMemberPopulation",
     "Objective",
     "Population",
     "RepairLoss",

@@ -1,0 +1,304 @@
+"""Membership inference: the IPGs of the target's training members contrasted with non-members.
+
+The populations are *members* (inputs of the `target_train` split, which the target was trained
+on) and *non-members* (inputs of the IPG split itself, which it never saw), balanced. The
+members of each IPG split are a disjoint part of `target_train` (`parts`: the fraction of
+`target_train` each IPG split draws), so the audit's own train, validation and test parts
+never share a member; each split's non-members are a seeded random sample of that split's
+inputs of the same size. Neither population is changed against the model, and a member graph
+pairs with no non-member graph (`paired` False). The stages see only two populations of
+inputs: the GNN trained to tell their IPGs apart is a white-box membership attack.
+
+The attacks it is compared with score an input from the target's output alone (`attack_scores`:
+minus the loss, Yeom et al. 2018; the true class's confidence; minus the prediction entropy)
+or from shadow models (`lira_offline`, Carlini et al. 2022); `attack_metrics` reports them as
+the field does: AUC, balanced accuracy, TPR at low FPR.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+from torch import nn
+
+from ipg_gnn.data import Images
+from ipg_gnn.detect.metrics import tpr_at_fpr
+from ipg_gnn.errors import ConfigError
+from ipg_gnn.objectives.base import (
+    Contrast,
+    Contrasted,
+    Objective,
+    Population,
+    RepairLoss,
+    Selection,
+    SplitInputs,
+)
+from ipg_gnn.runs.keys import config_key
+from ipg_gnn.targets import accuracy, predict
+
+#: Splits whose IPGs may hold members (`target_train` itself is where members come from).
+AUDIT_SPLITS = ("ipg_train", "ipg_val", "repair", "test")
+#: False-positive rates the field reports TPR at (Carlini et al. 2022).
+LOW_FPRS = (0.001, 0.01)
+
+
+class AuditParts:
+    """Which inputs each IPG split's populations hold: `parts[split]` is the fraction of
+    `target_train` (seeded permutation, cut in `AUDIT_SPLITS` order) whose inputs are that
+    split's members; as many of the split's own inputs (seeded sample) are its non-members."""
+
+    def __init__(self, parts: Mapping[str, float], seed: int) -> None:
+        unknown = sorted(set(parts) - set(AUDIT_SPLITS))
+        if unknown:
+            raise ConfigError(
+                f"objective.parts names splits {unknown}; members can be drawn for "
+                f"{list(AUDIT_SPLITS)}"
+            )
+        bad = {k: v for k, v in parts.items() if not 0 < v <= 1}
+        if bad or sum(parts.values()) > 1 + 1e-9:
+            raise ConfigError(
+                "objective.parts: every fraction must lie in (0, 1] and together at most 1 "
+                f"(each member belongs to one split); got {dict(parts)}"
+            )
+        self.parts = {s: float(parts[s]) for s in AUDIT_SPLITS if s in parts}
+        self.seed = seed
+        self.key = config_key({"parts": self.parts, "seed": seed})
+
+    def _block(self, split: str, members: int) -> tuple[int, int]:
+        if split not in self.parts:
+            raise ConfigError(
+                f"objective.parts has no fraction for split {split!r}, so it holds no members; "
+                f"it has {list(self.parts)}"
+            )
+        bounds = np.floor(np.cumsum([0.0, *self.parts.values()]) * members).astype(int)
+        i = list(self.parts).index(split)
+        return int(bounds[i]), int(bounds[i + 1])
+
+    def size(self, split: str, inputs: SplitInputs) -> int:
+        """Inputs of each population in `split`: its part of `target_train`, at most the
+        split's own size."""
+        lo, hi = self._block(split, len(inputs("target_train").source_index))
+        return min(hi - lo, len(inputs(split).source_index))
+
+    def members(self, split: str, inputs: SplitInputs) -> Selection:
+        pool = inputs("target_train")
+        lo, _ = self._block(split, len(pool.source_index))
+        order = np.random.default_rng(self.seed).permutation(len(pool.source_index))
+        return pool.subset(np.sort(order[lo : lo + self.size(split, inputs)]))
+
+    def nonmembers(self, split: str, inputs: SplitInputs) -> Selection:
+        pool = inputs(split)
+        rng = np.random.default_rng([self.seed, AUDIT_SPLITS.index(split)])
+        order = rng.permutation(len(pool.source_index))
+        return pool.subset(np.sort(order[: self.size(split, inputs)]))
+
+
+class NonMemberPopulation(Population):
+    """The reference population: inputs of the IPG split the target never trained on."""
+
+    paired = False
+
+    def __init__(self, parts: AuditParts) -> None:
+        super().__init__("nonmember", key=parts.key)
+        self.parts = parts
+
+    def select(self, split: str, inputs: SplitInputs) -> Selection:
+        return self.parts.nonmembers(split, inputs)
+
+
+class MemberPopulation(Contrast):
+    """Training members of the target, as they are: every one achieves the population's
+    'effect' (being a member), so `success` is all true."""
+
+    paired = False
+
+    def __init__(self, parts: AuditParts) -> None:
+        super().__init__("member", key=parts.key)
+        self.parts = parts
+
+    def select(self, split: str, inputs: SplitInputs) -> Selection:
+        return self.parts.members(split, inputs)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int) -> Contrasted:
+        return Contrasted(x, predict(model, x), torch.ones(len(y), dtype=torch.bool))
+
+
+@torch.no_grad()
+def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The model's logits on `x`, batched (float64 on the CPU)."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat(
+        [
+            model(x[i : i + batch_size].to(device)).double().cpu()
+            for i in range(0, len(x), batch_size)
+        ]
+    )
+
+
+def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log(p_y / (1 - p_y)) computed stably as z_y - logsumexp(z_other): LiRA's
+    logit-scaled confidence, close to Gaussian across models."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - others.logsumexp(1)
+
+
+def attack_scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Black-box membership scores (higher = member) from the target's logits: minus the
+    cross-entropy loss (Yeom et al. 2018), the true class's probability, minus the prediction's
+    entropy."""
+    log_p = logits.log_softmax(1)
+    return {
+        "loss": log_p.gather(1, y[:, None])[:, 0],
+        "confidence": log_p.exp().gather(1, y[:, None])[:, 0],
+        "entropy": (log_p.exp() * log_p).sum(1),
+    }
+
+
+def lira_offline(
+    target: torch.Tensor, shadow_out: torch.Tensor, global_variance: bool = False
+) -> torch.Tensor:
+    """LiRA offline (Carlini et al. 2022): how many standard deviations the target's
+    logit-scaled confidence `target` (examples) lies above the Gaussian fitted to the OUT
+    shadow models' `shadow_out` (shadows, examples), per example. With few shadows the
+    per-example spread is noisy: `global_variance` uses one spread for all examples, as the
+    paper does below 64 shadows."""
+    if len(shadow_out) < 2:
+        raise ConfigError("LiRA needs at least 2 shadow models to fit a spread")
+    mean = shadow_out.mean(0)
+    std = shadow_out.std(0)
+    if global_variance:
+        std = torch.full_like(std, float(std.pow(2).mean().sqrt()))
+    return (target - mean) / std.clamp_min(1e-8)
+
+
+def fit_threshold(scores: torch.Tensor, is_member: torch.Tensor) -> float:
+    """The score threshold of highest balanced accuracy (Youden's J = TPR - FPR) on the
+    inputs it is fitted on (the audit's train or validation part, never its test part)."""
+    fpr, tpr, thresholds = roc_curve(is_member.numpy(), scores.numpy())
+    return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def attack_metrics(
+    scores: torch.Tensor, is_member: torch.Tensor, threshold: float
+) -> dict[str, float | int]:
+    """AUC, balanced accuracy at `threshold` (a member when score >= threshold), TPR at each
+    of `LOW_FPRS`, and the counts behind them (a TPR at 0.1% FPR rests on the largest
+    non-member scores: it needs >= 1000 non-members to mean anything)."""
+    labels = is_member.long()
+    return {
+        "auc": float(roc_auc_score(labels.numpy(), scores.numpy())),
+        "balanced_accuracy": float(
+            balanced_accuracy_score(labels.numpy(), (scores >= threshold).long().numpy())
+        ),
+        **{f"tpr_at_{f:g}fpr": tpr_at_fpr(scores, labels, f) for f in LOW_FPRS},
+        "threshold": threshold,
+        "n_members": int(labels.sum()),
+        "n_nonmembers": int((labels == 0).sum()),
+    }
+
+
+def generalisation(model: nn.Module, populations: Mapping[str, Images]) -> dict[str, Any]:
+    """The target's accuracy and mean loss on each population (members: its training data)
+    and the gaps between members and non-members: how much it overfits."""
+    rows = {}
+    for name, images in populations.items():
+        logits = logits_of(model, images.x)
+        rows[name] = {
+            "n": len(images),
+            "accuracy": float((logits.argmax(1) == images.y).double().mean()),
+            "loss": float(nn.functional.cross_entropy(logits, images.y)),
+        }
+    return {
+        **rows,
+        "accuracy_gap": rows["member"]["accuracy"] - rows["nonmember"]["accuracy"],
+        "loss_gap": rows["nonmember"]["loss"] - rows["member"]["loss"],
+    }
+
+
+class Membership(Objective):
+    """Members vs non-members of the target's training data (see the module docstring).
+    `parts`: the fraction of `target_train` whose inputs are each IPG split's members; `seed`
+    fixes the draws; `lira`: the shadow models of the LiRA baseline (`shadows`: how many,
+    `split`: the split whose inputs, disjoint from every audited input, they train on)."""
+
+    reference = "nonmember"
+    noun = "population"
+
+    def __init__(
+        self, parts: Mapping[str, float], seed: int, lira: Mapping[str, Any] | None = None
+    ) -> None:
+        self.parts = AuditParts(parts, seed)
+        self.lira = {"shadows": 8, "split": "repair", **(lira or {})}
+        if int(self.lira["shadows"]) < 2:
+            raise ConfigError(f"objective.lira.shadows must be >= 2; got {self.lira['shadows']}")
+        if self.lira["split"] not in AUDIT_SPLITS or self.lira["split"] in self.parts.parts:
+            raise ConfigError(
+                f"objective.lira.split={self.lira['split']!r} must be a split of "
+                f"{list(AUDIT_SPLITS)} that holds no audited member or non-member "
+                f"(objective.parts: {list(self.parts.parts)}): shadow models train on inputs "
+                "disjoint from every audited one"
+            )
+
+    def reference_population(self) -> NonMemberPopulation:
+        return NonMemberPopulation(self.parts)
+
+    def contrasts(self) -> dict[str, MemberPopulation]:
+        return {"member": MemberPopulation(self.parts)}
+
+    def population_report(
+        self, reference: Mapping[str, torch.Tensor], contrasts: Mapping[str, Mapping]
+    ) -> dict[str, Any]:
+        def acc(meta: Mapping[str, torch.Tensor]) -> float:
+            return float((meta["pred"] == meta["true_label"]).double().mean())
+
+        members = contrasts["member"]
+        report = {
+            "n_members": len(members["pred"]),
+            "n_nonmembers": len(reference["pred"]),
+            "member_acc": acc(members),
+            "nonmember_acc": acc(reference),
+        }
+        return {**report, "accuracy_gap": report["member_acc"] - report["nonmember_acc"]}
+
+    def format_population_report(self, report: Mapping[str, Any]) -> str:
+        return (
+            f"test split: accuracy on {report['n_members']} members {report['member_acc']:.2%}, "
+            f"on {report['n_nonmembers']} non-members {report['nonmember_acc']:.2%} "
+            f"(gap {report['accuracy_gap']:+.2%})"
+        )
+
+    def population_metrics(self, report: Mapping[str, Any]) -> dict[str, float]:
+        return {f"test/{k}": report[k] for k in ("member_acc", "nonmember_acc", "accuracy_gap")}
+
+    def repair_loss(self, units: Mapping[str, Sequence[int]], seed: int, **settings) -> RepairLoss:
+        raise ConfigError(
+            "objective=membership has no privacy repair yet (issue 17, deliverable 3); "
+            "audit a train run with python -m ipg_gnn.tools.membership_audit"
+        )
+
+    def evaluation_names(self) -> list[str]:
+        return ["accuracy"]
+
+    def evaluate(
+        self,
+        model: nn.Module,
+        images: Images,
+        batch_size: int,
+        seed: int,
+        only: Sequence[str] | None = None,
+        transfer_from: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The model's accuracy on `images`; no contrast inputs are made."""
+        return {"clean_acc": accuracy(model, images, batch_size)}, {}
+
+    def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
+        return {"accuracy": f"{result['clean_acc']:.2%}"}
+
+    def report_note(self) -> str:
+        return "Accuracy on the split's inputs; membership attacks are in the audit report."

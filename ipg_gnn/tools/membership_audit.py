@@ -1,0 +1,249 @@
+"""The membership audit of a `train.py` run made with `objective=membership`.
+
+`python -m ipg_gnn.tools.membership_audit <train run dir> [--shadows N] [--out DIR]` scores the
+same member / non-member inputs of the run's IPG splits with every attack:
+
+- `GNN`: the run's detector over the inputs' IPGs (the white-box attack);
+- `flat`: a logistic regression on the IPGs' unit activations (`FlatActivations`), fitted on
+  the audit's train part (`ipg_train`);
+- `loss` (Yeom et al. 2018), `confidence`, `entropy`: scores of the target's output alone;
+- `lira`: LiRA offline (Carlini et al. 2022): `--shadows` models trained like the target on
+  random subsets (of `target_train`'s size) of the split `objective.lira.split`, which holds no
+  audited input; the score is how far the target's logit-scaled confidence lies above the
+  shadows' (OUT) Gaussian of each input; `lira_fixed_variance` uses one spread for all inputs
+  (the paper's choice below 64 shadows).
+
+Each attack's threshold (for balanced accuracy) is fitted on the audit's validation part
+(`ipg_val`); every number is of the test part. Writes `membership_audit.{json,md}` and the
+ROC on log-log axes, `membership_roc.png`, into `--out` (default: the run directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+from torch import nn
+
+from ipg_gnn.data import Images
+from ipg_gnn.detect import Activations, FlatActivations, score_graphs
+from ipg_gnn.errors import ConfigError, one_line_errors
+from ipg_gnn.graphs import IPGDataset
+from ipg_gnn.jobs.stages import fit_target, ipg_dataset, make_objective, split_inputs
+from ipg_gnn.objectives.membership import (
+    LOW_FPRS,
+    Membership,
+    attack_metrics,
+    attack_scores,
+    fit_threshold,
+    generalisation,
+    lira_offline,
+    logit_confidence,
+    logits_of,
+)
+from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.tracking import StageClock
+from ipg_gnn.runs.train_run import TrainRun, load_train_run, target_arch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+#: The audit's parts: where learned attacks are fitted, thresholds chosen, numbers measured.
+FIT, SELECT, TEST = "ipg_train", "ipg_val", "test"
+
+
+def audited(
+    run: TrainRun, objective: Membership, split: str, dataset: IPGDataset
+) -> tuple[Images, torch.Tensor]:
+    """The audited inputs of `split` in its IPG `dataset`'s order (non-members, then members)
+    and whether each is a member, checked to be the inputs of those IPGs: every attack scores
+    the inputs the GNN scores."""
+    inputs = split_inputs(run.data, run.splits)
+    parts = [
+        objective.reference_population().select(split, inputs),
+        objective.contrasts()["member"].select(split, inputs),
+    ]
+    is_member = torch.cat([torch.full((len(p.images),), i) for i, p in enumerate(parts)])
+    source = np.concatenate([p.source_index for p in parts])
+    meta = dataset.meta
+    if not (
+        torch.equal(meta["is_contrast"].long(), is_member)
+        and np.array_equal(meta["source_index"].numpy(), source)
+    ):
+        raise ConfigError(
+            f"the run's {split} IPGs are not the objective's member / non-member inputs: audit "
+            "with the objective settings of the train run"
+        )
+    x = torch.cat([p.images.x for p in parts])
+    return Images(x, torch.cat([p.images.y for p in parts])), is_member
+
+
+def train_shadows(
+    run: TrainRun, objective: Membership, count: int, clock: StageClock
+) -> list[nn.Module]:
+    """`count` models trained like the target, each on a seeded random subset of
+    `objective.lira.split` as large as the target's training split."""
+    pool_split = objective.lira["split"]
+    pool = run.splits.images(run.data, pool_split)
+    size = len(run.splits.indices["target_train"])
+    if len(pool) < size:
+        raise ConfigError(
+            f"objective.lira.split={pool_split!r} holds {len(pool)} inputs, fewer than the "
+            f"target's {size} training inputs each shadow model needs: enlarge that split "
+            "or cap target_train (split.max_size.target_train)"
+        )
+    shadows = []
+    arch = target_arch(run.cfg, run.data)
+    for i in range(count):
+        rng = np.random.default_rng([run.cfg.seed, i])
+        subset = pool.subset(np.sort(rng.permutation(len(pool))[:size]))
+        with clock("shadows"):
+            shadows.append(
+                fit_target(
+                    run.cfg,
+                    arch,
+                    subset,
+                    run.cfg.seed + 1 + i,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                )
+            )
+    return shadows
+
+
+def score_all(
+    run: TrainRun, objective: Membership, shadows: int, clock: StageClock
+) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Every attack's scores on the selection and test parts, and the parts' membership."""
+    ipgs = json.loads((run.directory / "ipg_datasets.json").read_text())
+    datasets = {s: ipg_dataset(ipgs, s, ["member"]) for s in (FIT, SELECT, TEST)}
+    inputs, labels = {}, {}
+    for split, dataset in datasets.items():
+        inputs[split], labels[split] = audited(run, objective, split, dataset)
+    detector = run.detector(datasets[TEST].topology.num_nodes)
+    flat = FlatActivations().fit(Activations.of(datasets[FIT]))
+    models = train_shadows(run, objective, shadows, clock)
+    scores: dict[str, dict[str, torch.Tensor]] = {}
+    for split in (SELECT, TEST):
+        images = inputs[split]
+        logits = logits_of(run.model, images.x)
+        with clock("score"):
+            shadow = torch.stack(
+                [logit_confidence(logits_of(m, images.x), images.y) for m in models]
+            )
+            scores[split] = {
+                "GNN": score_graphs(detector, datasets[split]).double(),
+                "flat": flat.score(Activations.of(datasets[split])),
+                **attack_scores(logits, images.y),
+                **{
+                    name: lira_offline(logit_confidence(logits, images.y), shadow, fixed)
+                    for name, fixed in (("lira", False), ("lira_fixed_variance", True))
+                },
+            }
+    return scores, {s: labels[s] for s in (SELECT, TEST)}
+
+
+def plot_roc(scores: Mapping[str, torch.Tensor], is_member: torch.Tensor, path: Path) -> Path:
+    """Every attack's test ROC on log-log axes, where low-FPR differences show."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    floor = 1 / max(int((is_member == 0).sum()), 1)
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(is_member.numpy(), s.numpy())
+        ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=name)
+    ax.plot([floor, 1], [floor, 1], color="grey", lw=0.5, ls="--", label="chance")
+    ax.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate")
+    ax.set_title("Membership attacks, test part (log-log ROC)")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def audit(directory: Path, out: Path, shadows: int | None = None) -> dict[str, Any]:
+    """Run every attack on the train run in `directory`; write the report into `out`."""
+    run = load_train_run(directory)
+    objective = make_objective(run.cfg)
+    if not isinstance(objective, Membership):
+        raise ConfigError(f"{directory} was not made with objective=membership")
+    shadows = int(shadows or objective.lira["shadows"])
+    clock = StageClock()
+    scores, labels = score_all(run, objective, shadows, clock)
+    attacks = {
+        name: attack_metrics(s, labels[TEST], fit_threshold(scores[SELECT][name], labels[SELECT]))
+        for name, s in scores[TEST].items()
+    }
+    baselines = {k: v for k, v in attacks.items() if k != "GNN"}
+    strongest = max(baselines, key=lambda k: baselines[k]["tpr_at_0.01fpr"])
+    test = run.splits.images(run.data, TEST)
+    report = {
+        "train_dir": str(directory),
+        "shadows": shadows,
+        "generalisation": generalisation(
+            run.model,
+            {"member": run.splits.images(run.data, "target_train"), "nonmember": test},
+        ),
+        "attacks": attacks,
+        "strongest_baseline": strongest,
+        "gnn_lead_tpr_at_0.01fpr": attacks["GNN"]["tpr_at_0.01fpr"]
+        - baselines[strongest]["tpr_at_0.01fpr"],
+        "timing_s": clock.seconds,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(json.dumps(report, indent=2), out / "membership_audit.json")
+    atomic_write_text(markdown(report), out / "membership_audit.md")
+    plot_roc(scores[TEST], labels[TEST], out / "membership_roc.png")
+    return report
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    """The audit as a markdown table, with the target's generalisation gap."""
+    g = report["generalisation"]
+    first = next(iter(report["attacks"].values()))
+    rates = " | ".join(f"TPR@{f:.1%}FPR" for f in LOW_FPRS)
+    lines = [
+        "# Membership audit",
+        "",
+        f"Target: train accuracy {g['member']['accuracy']:.2%} (loss {g['member']['loss']:.3f}, "
+        f"{g['member']['n']} inputs), held-out {g['nonmember']['accuracy']:.2%} "
+        f"(loss {g['nonmember']['loss']:.3f}, {g['nonmember']['n']} inputs).",
+        f"Test part: {first['n_members']} members, {first['n_nonmembers']} non-members "
+        f"(TPR@0.1%FPR allows {first['n_nonmembers'] // 1000} false positive(s) among them"
+        f"{'; fewer than 1000 non-members: not meaningful' if first['n_nonmembers'] < 1000 else ''}"
+        f"). Thresholds fitted on ipg_val; LiRA with {report['shadows']} shadow models.",
+        "",
+        f"| attack | AUC | balanced acc. | {rates} |",
+        "|---|---|---|" + "---|" * len(LOW_FPRS),
+    ]
+    for name, m in report["attacks"].items():
+        cells = " | ".join(f"{m[f'tpr_at_{f:g}fpr']:.2%}" for f in LOW_FPRS)
+        lines.append(f"| {name} | {m['auc']:.4f} | {m['balanced_accuracy']:.2%} | {cells} |")
+    lines += [
+        "",
+        f"GNN minus the strongest baseline ({report['strongest_baseline']}) at TPR@1%FPR: "
+        f"{report['gnn_lead_tpr_at_0.01fpr']:+.2%}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("train_dir", type=Path, help="a finished train.py run (membership)")
+    parser.add_argument("--shadows", type=int, help="LiRA's shadow models (objective.lira)")
+    parser.add_argument("--out", type=Path, help="where to write (default: the run directory)")
+    args = parser.parse_args(argv)
+    with one_line_errors():
+        report = audit(args.train_dir, args.out or args.train_dir, args.shadows)
+    print(markdown(report))
+    print(f"timing (s): {report['timing_s']}")
+
+
+if __name__ == "__main__":
+    main()
