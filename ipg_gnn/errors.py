@@ -20,6 +20,11 @@ class ConfigError(UserError, ValueError):
     """A setting is out of its range or names nothing known; the message names the key."""
 
 
+class MissingFileError(UserError, FileNotFoundError):
+    """A file a job needs (a run's artifact, a cached store) is not there; the message says
+    which step makes it."""
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Show a :class:`UserError` as `error: <message>` on stderr and exit with status 1."""

@@ -103,6 +103,10 @@ def test_scores_and_lira_equal_their_formulas():
     assert torch.allclose(s["loss"], p.log()) and torch.allclose(s["confidence"], p)
     entropy = -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
     assert torch.allclose(s["entropy"], -entropy)
+    # Losses below float32's resolution near 0 stay apart (log_softmax would tie them at 0).
+    confident = torch.tensor([[30.0, 0.0], [40.0, 0.0]])
+    loss = attack_scores(confident, torch.tensor([0, 0]))["loss"]
+    assert loss[1] > loss[0] and loss[0] == pytest.approx(-math.exp(-30), rel=1e-6)
     shadow = torch.tensor([[0.0, 1.0], [2.0, 3.0]])  # OUT means 1 and 2, spread sqrt(2)
     target = torch.tensor([1.0 + math.sqrt(2), 2.0])
     assert torch.allclose(lira_offline(target, shadow), torch.tensor([1.0, 0.0]))

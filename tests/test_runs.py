@@ -9,6 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from ipg_gnn.errors import MissingFileError
 from ipg_gnn.jobs import stages
 from ipg_gnn.runs.io import ArtifactError, atomic_write_text
 from ipg_gnn.runs.keys import target_cache_key
@@ -58,7 +59,8 @@ def test_changed_artifacts_unfinished_runs_and_the_latest_finished_run(tmp_path)
     with pytest.raises(ArtifactError, match=r"a/target.pt is missing or changed since run"):
         load_train_run(runs / "a")
     (runs / "a" / "run.json").write_text("{")
-    with pytest.raises(FileNotFoundError, match="no finished train.py run"):
+    # A user error (repair.py shows it as one line), still a FileNotFoundError for callers.
+    with pytest.raises(MissingFileError, match="no finished train.py run"):
         latest_train_run(tmp_path)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ipg_gnn.errors import UserError
+from ipg_gnn.errors import MissingFileError, UserError
 from ipg_gnn.provenance import EDGE_FEATURES, NODE_FEATURES, CaptureConfig, IPGCapture
 from ipg_gnn.runs.io import ArtifactError, atomic_save, atomic_write_text, checksum, read_checked
 
@@ -86,7 +86,11 @@ class Topology:
     def load(cls, root: str | Path) -> Topology:
         path = Path(root) / "topology.pt"
         if not path.is_file():
-            raise FileNotFoundError(f"no IPG topology at {path}; build the IPG datasets first")
+            raise MissingFileError(
+                f"no IPG topology at {path.resolve()}; build the IPG datasets first (train.py), "
+                "or run from the directory the train run was made in: a relative "
+                "paths.cache_dir is resolved from the working directory"
+            )
         d = read_checked(
             path,
             lambda f: torch.load(f, weights_only=False),
@@ -127,7 +131,7 @@ class GraphStore:
 
     def manifest(self) -> dict:
         if not self.manifest_path.is_file():
-            raise FileNotFoundError(f"no IPG store at {self.directory}")
+            raise MissingFileError(f"no IPG store at {self.directory}")
         return read_checked(
             self.manifest_path,
             lambda f: json.loads(f.read_text()),

@@ -151,11 +151,15 @@ def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def attack_scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
     """Black-box membership scores (higher = member) from the target's logits: minus the
     cross-entropy loss (Yeom et al. 2018), the true class's probability, minus the prediction's
-    entropy."""
+    entropy. In float64, and the loss as softplus(-logit-scaled confidence): an overfit
+    target's members have losses far below float32's resolution near 0 (`log_softmax` rounds
+    them all to 0), and ties there would hide the very inputs the attack is about."""
+    logits = logits.double()
     log_p = logits.log_softmax(1)
+    loss = nn.functional.softplus(-logit_confidence(logits, y))
     return {
-        "loss": log_p.gather(1, y[:, None])[:, 0],
-        "confidence": log_p.exp().gather(1, y[:, None])[:, 0],
+        "loss": -loss,
+        "confidence": (-loss).exp(),
         "entropy": (log_p.exp() * log_p).sum(1),
     }
 

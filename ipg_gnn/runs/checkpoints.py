@@ -15,7 +15,7 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from ipg_gnn.errors import UserError
+from ipg_gnn.errors import MissingFileError, UserError
 from ipg_gnn.runs.io import atomic_save, read_checked
 
 
@@ -49,7 +49,7 @@ def load_checkpoint(
     a damaged file is an `ArtifactError` naming it and `remedy`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise MissingFileError(f"no checkpoint at {path}")
     ckpt = read_checked(
         path, lambda f: torch.load(f, map_location="cpu", weights_only=True), remedy
     )

@@ -17,7 +17,7 @@ from typing import IO, Any, TypeVar
 
 import torch
 
-from ipg_gnn.errors import UserError
+from ipg_gnn.errors import MissingFileError, UserError
 
 T = TypeVar("T")
 
@@ -73,7 +73,7 @@ def read_checked(path: str | Path, read: Callable[[Path], T], remedy: str) -> T:
     reported as an :class:`ArtifactError` naming the file and `remedy`."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing; {remedy}")
+        raise MissingFileError(f"{path} is missing; {remedy}")
     try:
         return read(path)
     except Exception as e:  # torch, numpy and json each raise their own kinds

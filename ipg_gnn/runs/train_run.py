@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from ipg_gnn.data import ImageDataset, Splits
+from ipg_gnn.errors import MissingFileError
 from ipg_gnn.runs.checkpoints import load_checkpoint
 from ipg_gnn.runs.io import ArtifactError, read_checked
 from ipg_gnn.runs.keys import plain
@@ -57,7 +58,7 @@ class TrainRun:
         """The run's GNN detector, checked to be the one this run trained."""
         path = self.directory / "detector.pt"
         if not path.is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{self.directory} has no detector (detector.pt): run train.py to the end "
                 "before repair.py, or use explainer=flow_difference, which needs none"
             )
@@ -80,7 +81,7 @@ def latest_train_run(log_dir: str | Path) -> Path:
         key=lambda p: p.stat().st_mtime,
     )
     if not runs:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"no finished train.py run under {Path(log_dir).resolve() / 'train'}; "
             "run `python train.py` first or pass train_dir=<run dir>"
         )
@@ -93,7 +94,7 @@ def load_train_run(directory: str | Path) -> TrainRun:
     directory = Path(directory)
     missing = [f for f in (*_TRAIN_RUN_FILES, RUN_INDEX) if not (directory / f).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{directory} is not a complete train.py run: missing {', '.join(missing)}"
         )
     record = read_record(directory)
