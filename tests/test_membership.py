@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from ipg_gnn.data import Images
+from ipg_gnn.detect.metrics import attack_metrics, fit_threshold
 from ipg_gnn.errors import ConfigError
 from ipg_gnn.objectives import Membership, Selection
 from ipg_gnn.objectives.membership import (
-    attack_metrics,
+    MEMBER,
+    POSITION,
+    PrivacyLoss,
     attack_scores,
-    fit_threshold,
     lira_offline,
     logit_confidence,
     logits_of,
@@ -68,8 +70,8 @@ def test_members_are_disjoint_parts_of_target_train_and_balanced():
         ({"parts": {"ipg_train": 0.6, "test": 0.6}}, "at most 1"),
         ({"parts": {"target_train": 0.5}}, "names splits"),
         ({"parts": {"test": 0.5}, "lira": {"shadows": 1}}, "shadows must be >= 2"),
-        ({"parts": {"repair": 0.5}}, "holds no audited member"),
-        ({"parts": {"test": 0.5}, "lira": {"split": "target_train"}}, "holds no audited member"),
+        ({"parts": {"test": 0.5}, "lira": {"split": "test"}}, "other than the audited"),
+        ({"parts": {"test": 0.5}, "lira": {"split": "target_train"}}, "other than the audited"),
     ],
 )
 def test_bad_settings_are_refused(settings, message):
@@ -115,6 +117,63 @@ def test_scores_and_lira_equal_their_formulas():
     )
     with pytest.raises(ConfigError, match="at least 2 shadow"):
         lira_offline(target, shadow[:1])
+
+
+def test_privacy_loss_equals_a_hand_computation():
+    """CE on held-out inputs + distillation of members toward their soft targets + the
+    activation moment gap of the repaired units, on a batch of 2 members and 2 others."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    x = torch.randn(4, 1, 1, 3)
+    y = torch.tensor([0, 1, 1, 0])
+    member = torch.tensor([1, 0, 1, 0])
+    position = torch.tensor([0, 5, 1, 6])  # members' rows of the soft targets
+    soft = torch.tensor([[0.7, 0.3], [0.2, 0.8]])
+    batch = Images(x, y, {MEMBER: member, POSITION: position})
+    loss = PrivacyLoss(
+        {"1": [0, 2]}, soft, ce_weight=2.0, distill_weight=3.0, activation_weight=5.0
+    )
+    with loss.attach(model):
+        value = loss(model, batch, step=0)
+    logits = model(x)
+    hidden = model[1](x.flatten(1))[:, [0, 2]]
+    ce = torch.nn.functional.cross_entropy(logits[[1, 3]], y[[1, 3]])
+    distill = -(soft * logits[[0, 2]].log_softmax(1)).sum(1).mean()
+    m, o = hidden[[0, 2]], hidden[[1, 3]]
+    gap = ((m.mean(0) - o.mean(0)) ** 2 + (m.std(0) - o.std(0)) ** 2).mean()
+    assert torch.allclose(value, 2 * ce + 3 * distill + 5 * gap)
+    with pytest.raises(ConfigError, match="members marked"):
+        loss(model, Images(x, y), step=0)
+
+
+def test_repair_set_holds_every_member_and_as_many_held_out_inputs():
+    inputs = _split_inputs({"target_train": 30, "repair": 100})
+    objective = Membership({"test": 0.5}, seed=0, references=2)
+    with pytest.raises(ConfigError, match="repair_set first"):
+        objective.repair_loss({}, seed=0)
+    fine_tune = inputs("repair").images
+    seeds = []
+
+    def fit(images: Images, seed: int) -> torch.nn.Module:
+        """A 'reference model' whose logits are the inputs' three features."""
+        assert len(images) == 30  # as many as the target's training inputs
+        seeds.append(seed)
+        identity = torch.nn.Linear(3, 3)
+        with torch.no_grad():
+            identity.weight.copy_(torch.eye(3))
+            identity.bias.zero_()
+        return torch.nn.Sequential(torch.nn.Flatten(), identity).eval()
+
+    repair_set = objective.repair_set(fine_tune, inputs, fit, seed=0)
+    member = repair_set.groups[MEMBER]
+    assert len(repair_set) == 60 and int(member.sum()) == 30
+    members = inputs("target_train").images
+    assert torch.equal(repair_set.x[member == 1], members.x)
+    assert torch.equal(repair_set.groups[POSITION], torch.arange(60))
+    assert len(set(seeds)) == 2  # two reference models, each its own seed
+    # Soft targets: the mean of the reference models' distributions on each member.
+    assert torch.allclose(objective.soft_targets, members.x.flatten(1).softmax(1))
+    assert isinstance(objective.repair_loss({}, seed=0), PrivacyLoss)
 
 
 def test_loss_threshold_and_lira_beat_chance_on_an_overfit_toy():
@@ -182,7 +241,7 @@ def test_membership_audit_runs_end_to_end(tmp_path):
         )
     )
     report = trained["attack"]
-    assert report["n_members"] == report["n_nonmembers"] == 120
+    assert report["n_members"] == report["n_nonmembers"] == 90
     assert 0 <= report["member_acc"] <= 1 and 0 <= report["nonmember_acc"] <= 1
     run = load_train_run(run_dir)
     ipgs = trained["ipg"]
@@ -209,9 +268,42 @@ def test_membership_audit_runs_end_to_end(tmp_path):
         "lira",
         "lira_fixed_variance",
     }
-    assert all(a["n_members"] == a["n_nonmembers"] == 120 for a in attacks.values())
+    assert all(a["n_members"] == a["n_nonmembers"] == 90 for a in attacks.values())
     assert result["generalisation"]["member"]["n"] == 300
     saved = json.loads((tmp_path / "audit/membership_audit.json").read_text())
     assert saved["strongest_baseline"] in attacks
     assert (tmp_path / "audit/membership_roc.png").is_file()
     assert "| lira |" in (tmp_path / "audit/membership_audit.md").read_text()
+
+    # Privacy repair of the run, then every model audited with the attacks re-fitted to it.
+    from ipg_gnn.jobs.repair import run_repair
+    from ipg_gnn.tools.membership_audit import audit_repair
+
+    repair_dir = tmp_path / "logs/repair/r1"
+    repaired = run_repair(
+        compose_config(
+            "repair",
+            tmp_path,
+            [
+                "experiment=membership_repair",
+                "logger=none",
+                f"train_dir={run_dir}",
+                "objective.references=2",
+                "repair.finetune.epochs=3",
+                "repair.methods.random.draws=1",
+                f"paths.output_dir={repair_dir}",
+            ],
+        )
+    )
+    assert 0 < repaired["after"]["params_changed_fraction"] <= 0.1
+    privacy = audit_repair(repair_dir, shadows=2)["models"]
+    assert set(privacy) == {"original", "targeted", "random", "all_parameters"}
+    # Each repaired model was audited as its own train run: its GNN re-fitted on its IPGs.
+    for name in ("targeted", "random", "all_parameters"):
+        refit = load_train_run(repair_dir / "audit" / name)
+        assert refit.cfg.target.checkpoint.endswith(f"{name}.pt") or name == "targeted"
+        assert (repair_dir / "audit" / name / "detector.pt").is_file()
+    assert privacy["original"]["attacks"]["loss"] == attacks["loss"]
+    assert all(0 <= r["test_accuracy"] <= 1 for r in privacy.values())
+    assert "| targeted |" in (repair_dir / "privacy_audit.md").read_text()
+    assert (repair_dir / "privacy_tradeoff.png").is_file()

@@ -12,7 +12,7 @@ import hashlib
 import shutil
 import tarfile
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +49,18 @@ class Images:
     def subset(self, indices: np.ndarray | torch.Tensor) -> Images:
         idx = torch.as_tensor(np.asarray(indices), dtype=torch.long)
         return Images(self.x[idx], self.y[idx], {k: g[idx] for k, g in self.groups.items()})
+
+    @staticmethod
+    def cat(parts: Sequence[Images]) -> Images:
+        """The inputs of `parts` one after another (every part must carry the same groups)."""
+        names = [sorted(p.groups) for p in parts]
+        if any(n != names[0] for n in names):
+            raise ValueError(f"Images.cat: the parts carry different groups {names}")
+        return Images(
+            torch.cat([p.x for p in parts]),
+            torch.cat([p.y for p in parts]),
+            {k: torch.cat([p.groups[k] for p in parts]) for k in names[0]},
+        )
 
     def to(self, device: torch.device | str) -> Images:
         return Images(

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from torchmetrics.functional.classification import binary_accuracy, binary_auroc, binary_roc
 
 
@@ -61,3 +63,40 @@ def evaluate_scores(
         if contrast[population == i].any():
             report["per_population"][name] = block(reference | (population == i))
     return report
+
+
+#: False-positive rates the membership-inference field reports TPR at (Carlini et al. 2022).
+LOW_FPRS = (0.001, 0.01)
+
+
+def fit_threshold(scores: torch.Tensor, is_member: torch.Tensor) -> float:
+    """The score threshold of highest balanced accuracy (Youden's J = TPR - FPR) on the
+    inputs it is fitted on (the audit's train or validation part, never its test part)."""
+    fpr, tpr, thresholds = roc_curve(is_member.numpy(), scores.numpy())
+    return float(thresholds[int(np.argmax(tpr - fpr))])
+
+
+def orientation(scores: torch.Tensor, is_member: torch.Tensor) -> int:
+    """+1, or -1 when `scores` rank members *below* non-members on the inputs they are fitted
+    on (AUC < 0.5): an attacker who sees the validation part reads a score either way, so a
+    repair that overshoots (members now less confident) is not counted as private."""
+    return 1 if roc_auc_score(is_member.numpy(), scores.numpy()) >= 0.5 else -1
+
+
+def attack_metrics(
+    scores: torch.Tensor, is_member: torch.Tensor, threshold: float
+) -> dict[str, float | int]:
+    """AUC, balanced accuracy at `threshold` (a member when score >= threshold), TPR at each
+    of `LOW_FPRS`, and the counts behind them (a TPR at 0.1% FPR rests on the largest
+    non-member scores: it needs >= 1000 non-members to mean anything)."""
+    labels = is_member.long()
+    return {
+        "auc": float(roc_auc_score(labels.numpy(), scores.numpy())),
+        "balanced_accuracy": float(
+            balanced_accuracy_score(labels.numpy(), (scores >= threshold).long().numpy())
+        ),
+        **{f"tpr_at_{f:g}fpr": tpr_at_fpr(scores, labels, f) for f in LOW_FPRS},
+        "threshold": threshold,
+        "n_members": int(labels.sum()),
+        "n_nonmembers": int((labels == 0).sum()),
+    }

@@ -29,11 +29,12 @@ from ipg_gnn.jobs.checks import ConfigError, RepairSettings, check_settings
 from ipg_gnn.jobs.stages import (
     build,
     build_ipg_datasets,
+    fit_target,
     ipg_dataset,
     make_objective,
     split_inputs,
 )
-from ipg_gnn.objectives import Contrast, Objective, Population
+from ipg_gnn.objectives import Contrast, FitModel, Objective, Population
 from ipg_gnn.plan import PlanError, RepairPlan, choose_targets, make_plan
 from ipg_gnn.plan.plot import plot_plan
 from ipg_gnn.provenance import CapturePlan, trace
@@ -60,6 +61,19 @@ def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[I
     order = np.random.default_rng(seed).permutation(len(images))
     n_val = max(1, int(round(val_fraction * len(images))))
     return images.subset(np.sort(order[n_val:])), images.subset(np.sort(order[:n_val]))
+
+
+def reference_fitter(run: TrainRun) -> FitModel:
+    """Trains a fresh model like the run's target (`fit_target`) on given inputs, seeded: an
+    objective's reference models (a privacy repair's)."""
+    arch = target_arch(run.cfg, run.data)
+
+    def fit(images: Images, seed: int) -> nn.Module:
+        return fit_target(
+            run.cfg, arch, images, seed, enable_progress_bar=False, enable_model_summary=False
+        )
+
+    return fit
 
 
 def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMethod]:
@@ -323,6 +337,9 @@ def _repair(
 ) -> dict[str, Any]:
     objective, methods, attributor = components
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
+    fine_tune = objective.repair_set(
+        fine_tune, split_inputs(run.data, run.splits), reference_fitter(run), cfg.seed
+    )
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
     record.add("repair_config.yaml")
     loggers = make_loggers(cfg)

@@ -12,11 +12,13 @@ from ipg_gnn.objectives.base import (
     ConsistencyTerm,
     Contrast,
     Contrasted,
+    FitModel,
     Objective,
     Population,
     RepairLoss,
     Selection,
     SplitInputs,
+    UnitOutputs,
 )
 from ipg_gnn.objectives.fairness import Fairness, FairnessLoss, GroupPopulation
 from ipg_gnn.objectives.membership import (
@@ -24,6 +26,7 @@ from ipg_gnn.objectives.membership import (
     MemberPopulation,
     Membership,
     NonMemberPopulation,
+    PrivacyLoss,
 )
 from ipg_gnn.objectives.robustness import AdversarialLoss, AttackContrast, Robustness
 
@@ -38,6 +41,7 @@ __all__ = [
     "Contrast",
     "Contrasted",
     "Fairness",
+    "FitModel",
     "FairnessLoss",
     "GroupPopulation",
     "MemberPopulation",
@@ -45,11 +49,13 @@ __all__ = [
     "NonMemberPopulation",
     "Objective",
     "Population",
+    "PrivacyLoss",
     "RepairLoss",
     "Robustness",
     "Selection",
     "SplitInputs",
     "Trigger",
     "TriggerContrast",
+    "UnitOutputs",
     "attack_success_rate",
 ]

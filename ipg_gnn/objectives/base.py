@@ -58,6 +58,8 @@ class Selection:
 
 #: The inputs of a split, by split name: what a population selects from.
 SplitInputs = Callable[[str], Selection]
+#: Trains a fresh model like the target on the given inputs, seeded (a reference model).
+FitModel = Callable[[Images, int], nn.Module]
 
 
 class Population:
@@ -100,16 +102,12 @@ class RepairLoss(Protocol):
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor: ...
 
 
-class ConsistencyTerm:
-    """The optional term of a repair loss that keeps the repaired units' (layer -> unit indices)
-    outputs on a contrast input close to their values on the clean input: forward hooks record
-    the units' outputs at each forward pass while `attach` holds (nothing when `weight` is 0)."""
+class UnitOutputs:
+    """Forward hooks that record the outputs of `units` (layer -> unit indices) at each forward
+    pass while `attach` holds: what a repair loss reads of the repaired units."""
 
-    def __init__(self, units: Mapping[str, Sequence[int]], weight: float) -> None:
-        if weight and not units:
-            raise ValueError("the consistency term needs the repaired units")
-        self.units = units if weight else {}
-        self.weight = weight
+    def __init__(self, units: Mapping[str, Sequence[int]]) -> None:
+        self.units = units
         self.outputs: dict[str, torch.Tensor] = {}
 
     @contextlib.contextmanager
@@ -127,6 +125,18 @@ class ConsistencyTerm:
         finally:
             for h in hooks:
                 h.remove()
+
+
+class ConsistencyTerm(UnitOutputs):
+    """The optional term of a repair loss that keeps the repaired units' (layer -> unit indices)
+    outputs on a contrast input close to their values on the clean input: the units' outputs
+    are recorded while `attach` holds (nothing when `weight` is 0)."""
+
+    def __init__(self, units: Mapping[str, Sequence[int]], weight: float) -> None:
+        if weight and not units:
+            raise ValueError("the consistency term needs the repaired units")
+        super().__init__(units if weight else {})
+        self.weight = weight
 
     def clean(self) -> dict[str, torch.Tensor]:
         """The outputs of the last forward pass (a clean input), cut from the graph."""
@@ -170,6 +180,14 @@ class Objective(ABC):
     def training_set(self, images: Images, seed: int) -> Images:
         """The data the target is trained on (a poisoning objective changes it)."""
         return images
+
+    def repair_set(
+        self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int
+    ) -> Images:
+        """The inputs a repair fine-tunes on, given the repair split's fine-tuning part
+        (default: that part; a privacy repair adds the target's training members and the
+        predictions of reference models it trains with `fit`)."""
+        return fine_tune
 
     @abstractmethod
     def population_report(

@@ -11,39 +11,50 @@ inputs: the GNN trained to tell their IPGs apart is a white-box membership attac
 
 The attacks it is compared with score an input from the target's output alone (`attack_scores`:
 minus the loss, Yeom et al. 2018; the true class's confidence; minus the prediction entropy)
-or from shadow models (`lira_offline`, Carlini et al. 2022); `attack_metrics` reports them as
-the field does: AUC, balanced accuracy, TPR at low FPR.
+or from shadow models (`lira_offline`, Carlini et al. 2022); `detect.metrics.attack_metrics`
+reports them as the field does: AUC, balanced accuracy, TPR at low FPR.
+
+A privacy repair fine-tunes on the target's training members and as many held-out inputs of the
+repair split (`Membership.repair_set`) with `PrivacyLoss`, which distils each member toward what
+reference models that never saw it predict (the idea of SELENA's self-distillation, Tang et al.
+2022) and pulls the repaired units' activations on members onto those on held-out inputs. Its
+plan contrasts the members and non-members of the `repair` split (`parts["repair"]`), which the
+audit never scores.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 from torch import nn
 
 from ipg_gnn.data import Images
-from ipg_gnn.detect.metrics import tpr_at_fpr
 from ipg_gnn.errors import ConfigError
 from ipg_gnn.objectives.base import (
     Contrast,
     Contrasted,
+    FitModel,
     Objective,
     Population,
-    RepairLoss,
     Selection,
     SplitInputs,
+    UnitOutputs,
 )
 from ipg_gnn.runs.keys import config_key
 from ipg_gnn.targets import accuracy, predict
 
 #: Splits whose IPGs may hold members (`target_train` itself is where members come from).
 AUDIT_SPLITS = ("ipg_train", "ipg_val", "repair", "test")
-#: False-positive rates the field reports TPR at (Carlini et al. 2022).
-LOW_FPRS = (0.001, 0.01)
+#: The audit's own parts: attacks fitted, thresholds chosen, numbers measured (the `repair`
+#: split's populations only serve a privacy repair's plan).
+FIT, SELECT, TEST = "ipg_train", "ipg_val", "test"
+#: Groups of `Images.groups` in a repair set: members (1) or held-out inputs (0), and each
+#: input's position in the set (the row of its soft target).
+MEMBER, POSITION = "member", "position"
 
 
 class AuditParts:
@@ -181,32 +192,6 @@ def lira_offline(
     return (target - mean) / std.clamp_min(1e-8)
 
 
-def fit_threshold(scores: torch.Tensor, is_member: torch.Tensor) -> float:
-    """The score threshold of highest balanced accuracy (Youden's J = TPR - FPR) on the
-    inputs it is fitted on (the audit's train or validation part, never its test part)."""
-    fpr, tpr, thresholds = roc_curve(is_member.numpy(), scores.numpy())
-    return float(thresholds[int(np.argmax(tpr - fpr))])
-
-
-def attack_metrics(
-    scores: torch.Tensor, is_member: torch.Tensor, threshold: float
-) -> dict[str, float | int]:
-    """AUC, balanced accuracy at `threshold` (a member when score >= threshold), TPR at each
-    of `LOW_FPRS`, and the counts behind them (a TPR at 0.1% FPR rests on the largest
-    non-member scores: it needs >= 1000 non-members to mean anything)."""
-    labels = is_member.long()
-    return {
-        "auc": float(roc_auc_score(labels.numpy(), scores.numpy())),
-        "balanced_accuracy": float(
-            balanced_accuracy_score(labels.numpy(), (scores >= threshold).long().numpy())
-        ),
-        **{f"tpr_at_{f:g}fpr": tpr_at_fpr(scores, labels, f) for f in LOW_FPRS},
-        "threshold": threshold,
-        "n_members": int(labels.sum()),
-        "n_nonmembers": int((labels == 0).sum()),
-    }
-
-
 def generalisation(model: nn.Module, populations: Mapping[str, Images]) -> dict[str, Any]:
     """The target's accuracy and mean loss on each population (members: its training data)
     and the gaps between members and non-members: how much it overfits."""
@@ -225,29 +210,97 @@ def generalisation(model: nn.Module, populations: Mapping[str, Images]) -> dict[
     }
 
 
+def moment_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean over units (columns; a conv unit's map averaged first) of the squared gaps between
+    the rows of `a` and of `b` in mean and standard deviation."""
+    a, b = (t.flatten(2).mean(2) if t.ndim > 2 else t for t in (a, b))
+    return ((a.mean(0) - b.mean(0)).pow(2) + (a.std(0) - b.std(0)).pow(2)).mean()
+
+
+class PrivacyLoss:
+    """The privacy repair's loss on a batch of the repair set (`Membership.repair_set`):
+    `ce_weight` x cross-entropy on its held-out inputs (the task is learnt from inputs the model
+    has not memorised), + `distill_weight` x the cross-entropy of the members' predictions
+    against `soft_targets` (what reference models never trained on them predict: a member is
+    pulled to how a model that did not see it behaves, which is what loss, confidence and LiRA
+    attacks compare against), + `activation_weight` x the `moment_gap` of the repaired `units`'
+    outputs between members and held-out inputs (what the IPG-GNN and flat attacks read).
+    The moment term needs at least 2 of each in a batch, else it is left out."""
+
+    def __init__(
+        self,
+        units: Mapping[str, Sequence[int]],
+        soft_targets: torch.Tensor,
+        ce_weight: float = 1.0,
+        distill_weight: float = 1.0,
+        activation_weight: float = 1.0,
+    ) -> None:
+        self.units = UnitOutputs(units if activation_weight else {})
+        self.soft_targets = soft_targets
+        self.ce_weight, self.distill_weight = ce_weight, distill_weight
+        self.activation_weight = activation_weight
+
+    def attach(self, model: nn.Module) -> AbstractContextManager:
+        return self.units.attach(model)
+
+    def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
+        if not {MEMBER, POSITION} <= set(batch.groups):
+            raise ConfigError(
+                "the privacy loss needs batches of Membership.repair_set (members marked)"
+            )
+        logits = model(batch.x)
+        member = batch.groups[MEMBER].bool()
+        loss = self.ce_weight * mean_or_zero(
+            nn.functional.cross_entropy(logits[~member], batch.y[~member], reduction="none")
+        )
+        targets = self.soft_targets[batch.groups[POSITION][member]].to(logits)
+        distill = -(targets * logits[member].log_softmax(1)).sum(1)
+        loss = loss + self.distill_weight * mean_or_zero(distill)
+        if min(int(member.sum()), int((~member).sum())) >= 2:
+            for out in self.units.outputs.values():
+                loss = loss + self.activation_weight * moment_gap(out[member], out[~member])
+        return loss
+
+
+def mean_or_zero(values: torch.Tensor) -> torch.Tensor:
+    """The mean of `values`, 0 (in the graph) when there are none."""
+    return values.mean() if len(values) else values.sum()
+
+
 class Membership(Objective):
     """Members vs non-members of the target's training data (see the module docstring).
     `parts`: the fraction of `target_train` whose inputs are each IPG split's members; `seed`
     fixes the draws; `lira`: the shadow models of the LiRA baseline (`shadows`: how many,
-    `split`: the split whose inputs, disjoint from every audited input, they train on)."""
+    `split`: the split whose inputs, disjoint from every audited input, they train on);
+    `loss`: the privacy repair loss's default settings (`PrivacyLoss`); `references`: how
+    many reference models give the members' soft targets (`repair_set`)."""
 
     reference = "nonmember"
     noun = "population"
 
     def __init__(
-        self, parts: Mapping[str, float], seed: int, lira: Mapping[str, Any] | None = None
+        self,
+        parts: Mapping[str, float],
+        seed: int,
+        lira: Mapping[str, Any] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        references: int = 4,
     ) -> None:
         self.parts = AuditParts(parts, seed)
         self.lira = {"shadows": 8, "split": "repair", **(lira or {})}
         if int(self.lira["shadows"]) < 2:
             raise ConfigError(f"objective.lira.shadows must be >= 2; got {self.lira['shadows']}")
-        if self.lira["split"] not in AUDIT_SPLITS or self.lira["split"] in self.parts.parts:
+        if self.lira["split"] not in AUDIT_SPLITS or self.lira["split"] in (FIT, SELECT, TEST):
             raise ConfigError(
                 f"objective.lira.split={self.lira['split']!r} must be a split of "
-                f"{list(AUDIT_SPLITS)} that holds no audited member or non-member "
-                f"(objective.parts: {list(self.parts.parts)}): shadow models train on inputs "
-                "disjoint from every audited one"
+                f"{list(AUDIT_SPLITS)} other than the audited {[FIT, SELECT, TEST]}: shadow "
+                "models train on inputs disjoint from every audited one"
             )
+        self.loss = dict(loss or {})
+        if references < 1:
+            raise ConfigError(f"objective.references must be >= 1; got {references}")
+        self.references = references
+        self.soft_targets: torch.Tensor | None = None  # of the members, set by repair_set
 
     def reference_population(self) -> NonMemberPopulation:
         return NonMemberPopulation(self.parts)
@@ -280,11 +333,38 @@ class Membership(Objective):
     def population_metrics(self, report: Mapping[str, Any]) -> dict[str, float]:
         return {f"test/{k}": report[k] for k in ("member_acc", "nonmember_acc", "accuracy_gap")}
 
-    def repair_loss(self, units: Mapping[str, Sequence[int]], seed: int, **settings) -> RepairLoss:
-        raise ConfigError(
-            "objective=membership has no privacy repair yet (issue 17, deliverable 3); "
-            "audit a train run with python -m ipg_gnn.tools.membership_audit"
-        )
+    def repair_set(
+        self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int
+    ) -> Images:
+        """Every training member of the target (`target_train`: the defender holds its own
+        training data) and as many of the repair split's fine-tuning inputs (held out, a
+        seeded sample), marked in `groups[MEMBER]`. Trains `references` models like the target
+        (`fit`) on other seeded samples of the fine-tuning inputs, so that no member is in
+        any, and keeps their mean predicted distribution on each member as its soft target
+        (read by `repair_loss`)."""
+        members = inputs("target_train").images
+        rng = np.random.default_rng([seed, 1])
+        others = fine_tune.subset(np.sort(rng.permutation(len(fine_tune))[: len(members)]))
+        probabilities = []
+        for i in range(self.references):
+            sample = fine_tune.subset(np.sort(rng.permutation(len(fine_tune))[: len(members)]))
+            reference = fit(sample, seed + 1000 + i)
+            probabilities.append(logits_of(reference, members.x).softmax(1))
+        self.soft_targets = torch.stack(probabilities).mean(0).float()
+
+        def marked(images: Images, value: int, start: int) -> Images:
+            groups = {
+                MEMBER: torch.full((len(images),), value, dtype=torch.long),
+                POSITION: torch.arange(start, start + len(images)),
+            }
+            return Images(images.x, images.y, {**images.groups, **groups})
+
+        return Images.cat([marked(members, 1, 0), marked(others, 0, len(members))])
+
+    def repair_loss(self, units: Mapping[str, Sequence[int]], seed: int, **settings) -> PrivacyLoss:
+        if self.soft_targets is None:
+            raise ConfigError("a privacy repair's loss needs Membership.repair_set first")
+        return PrivacyLoss(units, self.soft_targets, **{**self.loss, **settings})
 
     def evaluation_names(self) -> list[str]:
         return ["accuracy"]
@@ -299,7 +379,7 @@ class Membership(Objective):
         transfer_from: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The model's accuracy on `images`; no contrast inputs are made."""
-        return {"clean_acc": accuracy(model, images, batch_size)}, {}
+        return {"n": len(images), "clean_acc": accuracy(model, images, batch_size)}, {}
 
     def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
         return {"accuracy": f"{result['clean_acc']:.2%}"}

@@ -13,7 +13,8 @@ same member / non-member inputs of the run's IPG splits with every attack:
   shadows' (OUT) Gaussian of each input; `lira_fixed_variance` uses one spread for all inputs
   (the paper's choice below 64 shadows).
 
-Each attack's threshold (for balanced accuracy) is fitted on the audit's validation part
+Each attack's direction (a higher score means member, or the reverse when its validation AUC
+is below 0.5) and threshold (for balanced accuracy) are fitted on the audit's validation part
 (`ipg_val`); every number is of the test part. Writes `membership_audit.{json,md}` and the
 ROC on log-log axes, `membership_roc.png`, into `--out` (default: the run directory).
 """
@@ -29,34 +30,36 @@ from typing import Any
 import matplotlib
 import numpy as np
 import torch
+from omegaconf import OmegaConf, open_dict
 from sklearn.metrics import roc_curve
 from torch import nn
 
 from ipg_gnn.data import Images
 from ipg_gnn.detect import Activations, FlatActivations, score_graphs
+from ipg_gnn.detect.metrics import LOW_FPRS, attack_metrics, fit_threshold, orientation
 from ipg_gnn.errors import ConfigError, one_line_errors
 from ipg_gnn.graphs import IPGDataset
 from ipg_gnn.jobs.stages import fit_target, ipg_dataset, make_objective, split_inputs
 from ipg_gnn.objectives.membership import (
-    LOW_FPRS,
+    FIT,
+    SELECT,
+    TEST,
     Membership,
-    attack_metrics,
     attack_scores,
-    fit_threshold,
     generalisation,
     lira_offline,
     logit_confidence,
     logits_of,
 )
+from ipg_gnn.runs.checkpoints import load_checkpoint, save_checkpoint
 from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.keys import target_cache_key
+from ipg_gnn.runs.run_dir import read_record
 from ipg_gnn.runs.tracking import StageClock
-from ipg_gnn.runs.train_run import TrainRun, load_train_run, target_arch
+from ipg_gnn.runs.train_run import TRAIN_CONFIG, TrainRun, load_train_run, target_arch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-#: The audit's parts: where learned attacks are fitted, thresholds chosen, numbers measured.
-FIT, SELECT, TEST = "ipg_train", "ipg_val", "test"
 
 
 def audited(
@@ -89,7 +92,9 @@ def train_shadows(
     run: TrainRun, objective: Membership, count: int, clock: StageClock
 ) -> list[nn.Module]:
     """`count` models trained like the target, each on a seeded random subset of
-    `objective.lira.split` as large as the target's training split."""
+    `objective.lira.split` as large as the target's training split; cached under
+    `paths.cache_dir/shadows` (keyed by what shapes their weights), so the audits of a
+    target's repaired versions share them."""
     pool_split = objective.lira["split"]
     pool = run.splits.images(run.data, pool_split)
     size = len(run.splits.indices["target_train"])
@@ -104,17 +109,18 @@ def train_shadows(
     for i in range(count):
         rng = np.random.default_rng([run.cfg.seed, i])
         subset = pool.subset(np.sort(rng.permutation(len(pool))[:size]))
+        seed = run.cfg.seed + 1 + i
+        key = target_cache_key(run.cfg, arch, subset.fingerprint())
+        path = Path(run.cfg.paths.cache_dir) / "shadows" / f"{key}-{seed}.pt"
+        if path.is_file():
+            shadows.append(load_checkpoint(path, arch))
+            continue
         with clock("shadows"):
-            shadows.append(
-                fit_target(
-                    run.cfg,
-                    arch,
-                    subset,
-                    run.cfg.seed + 1 + i,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                )
+            model = fit_target(
+                run.cfg, arch, subset, seed, enable_progress_bar=False, enable_model_summary=False
             )
+        save_checkpoint(path, model, arch, {"shadow": i, "seed": seed})
+        shadows.append(model)
     return shadows
 
 
@@ -176,10 +182,11 @@ def audit(directory: Path, out: Path, shadows: int | None = None) -> dict[str, A
     shadows = int(shadows or objective.lira["shadows"])
     clock = StageClock()
     scores, labels = score_all(run, objective, shadows, clock)
-    attacks = {
-        name: attack_metrics(s, labels[TEST], fit_threshold(scores[SELECT][name], labels[SELECT]))
-        for name, s in scores[TEST].items()
-    }
+    attacks = {}
+    for name, s in scores[TEST].items():
+        sign = orientation(scores[SELECT][name], labels[SELECT])
+        threshold = fit_threshold(sign * scores[SELECT][name], labels[SELECT])
+        attacks[name] = {**attack_metrics(sign * s, labels[TEST], threshold), "orientation": sign}
     baselines = {k: v for k, v in attacks.items() if k != "GNN"}
     strongest = max(baselines, key=lambda k: baselines[k]["tpr_at_0.01fpr"])
     test = run.splits.images(run.data, TEST)
@@ -233,14 +240,121 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def refit_run(train_dir: Path, checkpoint: Path, out: Path) -> Path:
+    """A train run in `out` of the model in `checkpoint` (a repaired version of the target of
+    the run in `train_dir`) under that run's settings: its IPGs are captured and its GNN
+    detector trained anew, so the attack is re-fitted to the model it attacks. A finished
+    one is reused (an interrupted one resumes)."""
+    from ipg_gnn.jobs.train import run_train  # train.py's job: imported only when re-fitting
+
+    if not ((out / "run.json").is_file() and read_record(out).complete):
+        cfg = OmegaConf.load(train_dir / TRAIN_CONFIG)
+        with open_dict(cfg):
+            cfg.target.checkpoint = str(checkpoint)
+            cfg.paths.output_dir = str(out)
+        run_train(cfg)
+    return out
+
+
+def audit_repair(repair_dir: Path, shadows: int | None = None) -> dict[str, Any]:
+    """Audit the target of a privacy repair run and every model it saved (`repaired.pt`: the
+    targeted repair; `models/<baseline>.pt`), each with every attack re-fitted to it
+    (`refit_run`); LiRA's shadow models are those of the original audit. Writes each audit
+    under `<repair_dir>/audit/<model>/` and the comparison, `privacy_audit.{json,md}` and
+    `privacy_tradeoff.png`, into `repair_dir`."""
+    repair = json.loads((repair_dir / "repair_report.json").read_text())
+    train_dir = Path(repair["train_dir"])
+    root = repair_dir / "audit"
+    audits = {"original": audit(train_dir, root / "original", shadows)}
+    checkpoints = {
+        "targeted": repair_dir / "repaired.pt",
+        **{p.stem: p for p in sorted((repair_dir / "models").glob("*.pt"))},
+    }
+    for name, checkpoint in checkpoints.items():
+        run_dir = refit_run(train_dir, checkpoint, root / name)
+        audits[name] = audit(run_dir, run_dir, shadows)
+    changed = {"targeted": repair["after"], **repair["baselines"]}
+    rows = {
+        name: {
+            "test_accuracy": a["generalisation"]["nonmember"]["accuracy"],
+            "train_accuracy": a["generalisation"]["member"]["accuracy"],
+            "params_changed_fraction": changed.get(name, {}).get("params_changed_fraction", 0.0),
+            "attacks": a["attacks"],
+            "strongest": max(a["attacks"], key=lambda k: a["attacks"][k]["auc"]),
+        }
+        for name, a in audits.items()
+    }
+    report = {"repair_dir": str(repair_dir), "train_dir": str(train_dir), "models": rows}
+    atomic_write_text(json.dumps(report, indent=2), repair_dir / "privacy_audit.json")
+    atomic_write_text(privacy_markdown(report), repair_dir / "privacy_audit.md")
+    plot_tradeoff(rows, repair_dir / "privacy_tradeoff.png")
+    return report
+
+
+def privacy_markdown(report: Mapping[str, Any]) -> str:
+    """The repaired models side by side: accuracy, budget, and every re-fitted attack."""
+    rows = report["models"]
+    names = list(next(iter(rows.values()))["attacks"])
+    lines = [
+        "# Privacy repair: every attack re-fitted to each model",
+        "",
+        "Test part of the audit; AUC / TPR@1%FPR per attack (direction and threshold fitted on "
+        "ipg_val); test accuracy on the whole test split.",
+        "",
+        "| model | test acc. | train acc. | params changed | strongest AUC | "
+        + " | ".join(names)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
+    for model, r in rows.items():
+        a = r["attacks"]
+        cells = " | ".join(f"{a[n]['auc']:.3f} / {a[n]['tpr_at_0.01fpr']:.2%}" for n in names)
+        lines.append(
+            f"| {model} | {r['test_accuracy']:.2%} | {r['train_accuracy']:.2%} | "
+            f"{r['params_changed_fraction']:.2%} | {a[r['strongest']]['auc']:.3f} "
+            f"({r['strongest']}) | {cells} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_tradeoff(rows: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """Each model's test accuracy against its strongest re-fitted attack's AUC."""
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    for name, r in rows.items():
+        auc = r["attacks"][r["strongest"]]["auc"]
+        ax.scatter(auc, r["test_accuracy"] * 100)
+        ax.annotate(
+            name,
+            (auc, r["test_accuracy"] * 100),
+            fontsize=8,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    ax.axvline(0.5, color="grey", lw=0.5, ls="--")
+    ax.set(xlabel="strongest re-fitted attack's AUC (test part)", ylabel="test accuracy (%)")
+    ax.set_title("Privacy repair: leakage vs accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("train_dir", type=Path, help="a finished train.py run (membership)")
+    parser.add_argument(
+        "run_dir",
+        type=Path,
+        help="a finished train.py run (objective=membership), or a repair.py run of one: then "
+        "its original and every repaired model are audited, attacks re-fitted to each",
+    )
     parser.add_argument("--shadows", type=int, help="LiRA's shadow models (objective.lira)")
-    parser.add_argument("--out", type=Path, help="where to write (default: the run directory)")
+    parser.add_argument("--out", type=Path, help="where to write a train run's audit")
     args = parser.parse_args(argv)
     with one_line_errors():
-        report = audit(args.train_dir, args.out or args.train_dir, args.shadows)
+        if (args.run_dir / "repair_report.json").is_file():
+            print(privacy_markdown(audit_repair(args.run_dir, args.shadows)))
+            return
+        report = audit(args.run_dir, args.out or args.run_dir, args.shadows)
     print(markdown(report))
     print(f"timing (s): {report['timing_s']}")
 
