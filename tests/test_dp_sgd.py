@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
-from sklearn.datasets import load_digits
 
 # First: importing ipg_gnn.plan before ipg_gnn.objectives hits an import cycle (graphs ->
 # objectives.membership -> detect -> graphs) that predates this test.
 import ipg_gnn.objectives  # noqa: F401
-from ipg_gnn.data import Images
+from ipg_gnn.data import digits as digits_source
 from ipg_gnn.errors import ConfigError
 from ipg_gnn.plan import RepairPlan
 from ipg_gnn.provenance import trace
@@ -27,10 +26,7 @@ from tests.test_repair_mechanisms import Objective
 def digits():
     """A 64-32-10 MLP trained 30 full-batch Adam steps on 1,000 digits (eval mode), the other
     797 as fine-tuning (597) and validation (200) parts."""
-    x, y = load_digits(return_X_y=True)
-    images = Images(
-        torch.tensor(x / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8), torch.tensor(y)
-    )
+    images = digits_source().train
     torch.manual_seed(0)
     model = MLP((1, 8, 8), 10, widths=(32,))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
