@@ -151,12 +151,33 @@ def test_report_shows_epsilon_only_when_a_row_has_one():
     )
 
 
-def test_repair_config_offers_dp_sgd_as_a_baseline(tmp_path):
-    from hydra.utils import instantiate
-
+def test_repair_job_runs_dp_sgd_as_a_baseline(tmp_path):
+    """repair.py with `repair.baselines=[dp_sgd]` on a tiny train run: the row, its epsilon
+    column, its checkpoint (about 15 s)."""
+    from ipg_gnn.jobs.repair import run_repair
     from tests.conftest import compose_config
+    from tests.test_repair import tiny_train_run
 
-    cfg = compose_config("repair", tmp_path, ["repair.baselines=[random,dp_sgd]"])
-    method = instantiate(cfg.repair.methods.dp_sgd)
-    assert isinstance(method, DPSGDFinetune) and method.noise_multiplier == 1.0
-    method.check("dp_sgd", list(cfg.repair.finetune), [])
+    tiny_train_run(tmp_path)
+    cfg = compose_config(
+        "repair",
+        tmp_path,
+        [
+            "attack=[fgsm]",
+            "logger=none",
+            "repair.val_evaluations=[fgsm]",
+            "repair.layer=net.3",
+            "repair.k=2",
+            "repair.finetune.epochs=1",
+            "repair.baselines=[dp_sgd]",
+            "objective.train_attack.art_attack.max_iter=3",
+            "+repair.methods.dp_sgd.finetune.epochs=2",
+            "repair.methods.dp_sgd.noise_multiplier=2.0",
+        ],
+    )
+    report = run_repair(cfg)
+    row = report["baselines"]["dp_sgd"]
+    assert row["privacy"]["noise_multiplier"] == 2.0 and row["privacy"]["steps"] == 2
+    assert row["privacy"]["epsilon"] > 0 and row["dof"] == row["params_allowed"]
+    assert "| DP epsilon (delta) |" in (tmp_path / "run" / "repair_report.md").read_text()
+    assert (tmp_path / "run" / "models" / "dp_sgd.pt").is_file()
