@@ -120,6 +120,8 @@ def test_models_opacus_cannot_train_and_bad_settings_are_refused(digits):
         DPSGDFinetune(finetune={"tolerance": 0.5}).check("dp_sgd", known, [])
     with pytest.raises(ConfigError, match="takes no loss settings"):
         DPSGDFinetune(loss={"clean_weight": 1.0}).check("dp_sgd", known, ["clean_weight"])
+    with pytest.raises(ConfigError, match="epochs >= 1"):
+        DPSGDFinetune()(context(MLP((1, 8, 8), 10, widths=(4,)), fine_tune, val, epochs=0))
     for bad in (
         {"max_grad_norm": 0.0},
         {"delta": 1.0},

@@ -127,6 +127,8 @@ class DPSGDFinetune(RepairMethod):
         schedule = {k: defaults[k].default for k in SCHEDULE} | {
             k: v for k, v in self.schedule(ctx).items() if k in SCHEDULE
         }
+        if schedule["epochs"] < 1:
+            raise ConfigError(f"DP-SGD fine-tuning needs epochs >= 1; got {schedule['epochs']}")
         seed = ctx.seed + draw
         delta = self.delta or default_delta(len(ctx.fine_tune))
         model = copy.deepcopy(ctx.model).train().requires_grad_(True)
