@@ -100,6 +100,8 @@ def repair_components(
     expensive work (bad names, overrides, evaluations and layers fail here)."""
     objective = make_objective(cfg)
     methods = make_methods(cfg, objective)
+    for name, method in methods.items():
+        method.check_model(f"repair.methods.{name}", run.model)
     unknown = sorted(set(cfg.repair.val_evaluations) - set(objective.evaluation_names()))
     if unknown:
         raise ConfigError(

@@ -1,4 +1,5 @@
-"""Repair: parameter masks from a plan, masked fine-tuning, repair methods, reports."""
+"""Repair: parameter masks from a plan, masked fine-tuning, repair methods (DP-SGD among the
+baselines), reports."""
 
 from ipg_gnn.repair.finetune import masked_finetune
 from ipg_gnn.repair.masks import (
@@ -20,10 +21,12 @@ from ipg_gnn.repair.methods import (
     RepairContext,
     RepairMethod,
 )
+from ipg_gnn.repair.private import DPSGDFinetune
 from ipg_gnn.repair.updates import LowRank, ScaleBias, Update
 
 __all__ = [
     "ActivationPatch",
+    "DPSGDFinetune",
     "FinePruning",
     "LayerFinetune",
     "LowRank",

@@ -73,6 +73,11 @@ class RepairMethod(ABC):
                     f"known: {', '.join(known)}"
                 )
 
+    def check_model(self, name: str, model: nn.Module) -> None:
+        """Refuse a model this method cannot repair (`name`: its config key), before any work;
+        every model by default."""
+        return None
+
     def schedule(self, ctx: RepairContext) -> dict[str, Any]:
         """The fine-tuning schedule this method runs."""
         return {**ctx.finetune, **self.finetune}

@@ -52,7 +52,10 @@ def markdown_report(report: Mapping, objective: Objective) -> str:
             for name, r in report["baselines"].items()
         },
     }
-    head = list(objective.columns(report["before"]))
+    head = [*objective.columns(report["before"]), "params changed", "trainable DOF", "repair time"]
+    # A DP-SGD row adds its privacy budget; reports without one keep their columns.
+    private = any("privacy" in r for r in rows.values())
+    head += ["DP epsilon (delta)"] if private else []
     lines = [
         "# Repair report",
         "",
@@ -61,8 +64,8 @@ def markdown_report(report: Mapping, objective: Objective) -> str:
         f"Plan: {report['plan']['level']} level, explainer {report['plan']['explainer']}, "
         f"targets {report['plan']['targets']}.",
         "",
-        "| model | " + " | ".join(head) + " | params changed | trainable DOF | repair time |",
-        "|---" * (4 + len(head)) + "|",
+        "| model | " + " | ".join(head) + " |",
+        "|---" * (1 + len(head)) + "|",
     ]
     for name, r in rows.items():
         changed = (
@@ -72,8 +75,18 @@ def markdown_report(report: Mapping, objective: Objective) -> str:
         )
         dof = f"{r['dof']:.0f}" if "dof" in r else "-"
         seconds = f"{r['repair_seconds']:.0f} s" if "repair_seconds" in r else "-"
-        cells = objective.columns(r).values()
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {changed} | {dof} | {seconds} |")
+        cells = [*objective.columns(r).values(), changed, dof, seconds]
+        if private:
+            dp = r.get("privacy")
+            cells.append(f"{dp['epsilon']:.2f} ({dp['delta']:.0e})" if dp else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if private:
+        lines += [
+            "",
+            "DP epsilon (delta): the budget DP-SGD fine-tuning spent on the repair split's "
+            "fine-tuning part alone; it says nothing of the data the original model was "
+            "trained on (see docs/dp_sgd.md).",
+        ]
     lines += _validation_table(rows, objective)
     return "\n".join(lines) + "\n"
 
