@@ -29,7 +29,7 @@ from ipg_gnn.jobs.checks import ConfigError, RepairSettings, check_settings
 from ipg_gnn.jobs.stages import (
     build,
     build_ipg_datasets,
-    fit_target,
+    fit_cached,
     ipg_dataset,
     make_objective,
     split_inputs,
@@ -64,16 +64,10 @@ def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[I
 
 
 def reference_fitter(run: TrainRun) -> FitModel:
-    """Trains a fresh model like the run's target (`fit_target`) on given inputs, seeded: an
-    objective's reference models (a privacy repair's)."""
+    """Trains a fresh model like the run's target on given inputs, seeded, or loads it from
+    the cache (`fit_cached`): an objective's reference models (a privacy repair's)."""
     arch = target_arch(run.cfg, run.data)
-
-    def fit(images: Images, seed: int) -> nn.Module:
-        return fit_target(
-            run.cfg, arch, images, seed, enable_progress_bar=False, enable_model_summary=False
-        )
-
-    return fit
+    return lambda images, seed: fit_cached(run.cfg, arch, images, seed, "references")
 
 
 def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMethod]:

@@ -128,6 +128,26 @@ def fit_target(
     )
 
 
+def fit_cached(
+    cfg: DictConfig, arch: Mapping[str, Any], training_set: Images, seed: int, kind: str
+) -> nn.Module:
+    """`fit_target` of a model like the target (a shadow or reference model), cached under
+    `paths.cache_dir/<kind>` by what shapes its weights (recipe, exact inputs, seed): the audits
+    and repairs of one target share them instead of training them again."""
+    key = target_cache_key(cfg, arch, training_set.fingerprint())
+    path = Path(cfg.paths.cache_dir) / kind / f"{key}-{seed}.pt"
+    if path.is_file():
+        try:
+            return load_checkpoint(path, arch)
+        except ArtifactError as e:
+            log.warning("%s; training the %s model again", e, kind)
+    model = fit_target(
+        cfg, arch, training_set, seed, enable_progress_bar=False, enable_model_summary=False
+    )
+    save_checkpoint(path, model, arch, {"kind": kind, "seed": seed})
+    return model
+
+
 def split_inputs(data: ImageDataset, splits: Splits) -> SplitInputs:
     """What a population selects from: the inputs of any split, with their dataset indices."""
     return lambda split: Selection(splits.images(data, split), splits.indices[split])
