@@ -291,15 +291,17 @@ def test_membership_audit_runs_end_to_end(tmp_path):
                 "objective.references=2",
                 "repair.finetune.epochs=3",
                 "repair.methods.random.draws=1",
+                "repair.baselines=[random,dp_sgd]",
+                "++repair.methods.dp_sgd.finetune.epochs=1",
                 f"paths.output_dir={repair_dir}",
             ],
         )
     )
     assert 0 < repaired["after"]["params_changed_fraction"] <= 0.1
     privacy = audit_repair(repair_dir, shadows=2)["models"]
-    assert set(privacy) == {"original", "targeted", "random", "all_parameters"}
+    assert set(privacy) == {"original", "targeted", "random", "dp_sgd"}
     # Each repaired model was audited as its own train run: its GNN re-fitted on its IPGs.
-    for name in ("targeted", "random", "all_parameters"):
+    for name in ("targeted", "random", "dp_sgd"):
         refit = load_train_run(repair_dir / "audit" / name)
         assert refit.cfg.target.checkpoint.endswith(f"{name}.pt") or name == "targeted"
         assert (repair_dir / "audit" / name / "detector.pt").is_file()
