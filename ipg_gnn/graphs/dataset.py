@@ -1,4 +1,11 @@
-"""IPG datasets as PyG datasets: the graphs of one or more stores under one topology."""
+"""IPG datasets as PyG datasets: the graphs of one or more stores under one topology.
+
+An IPG holds the model's activations and contributions, not the input's true label, which every
+output-based membership score (loss, confidence, LiRA) uses. `label_features=True` gives each
+graph the label as node features (`LABEL_FEATURES`, appended after the capture's), computed
+from what the stores already hold (the output units' values and `true_label`): the stores are
+the same with or without them, so no cache holds graphs of either kind.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,40 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 from torch_geometric.data import Data, Dataset
 
-from ipg_gnn.graphs.store import GraphStore, Topology
+from ipg_gnn.graphs.store import GraphStore, IPGStoreError, Topology
+from ipg_gnn.targets import logit_confidence
+
+#: Node features of `IPGDataset(label_features=True)`, after the capture's own; zero on every
+#: unit but the output layer's (one unit per class).
+LABEL_FEATURES = ("true_class", "true_margin")
+
+
+def label_node_features(
+    x: torch.Tensor, true_label: torch.Tensor, topology: Topology
+) -> torch.Tensor:
+    """(graphs, nodes, len(LABEL_FEATURES)) label features of node features `x` (graphs, nodes,
+    features), the output layer being the topology's last: `true_class` is 1 on the true
+    class's output unit; `true_margin` is, on output unit k, how far the true class's logit
+    z_y lies above z_k, and on the true class's unit the logit-scaled confidence
+    z_y - logsumexp(z_other) (LiRA's statistic; node feature 0 is the unit's value)."""
+    output = topology.layers[-1]
+    offset, classes = output["offset"], output["num_units"]
+    if len(true_label) and not 0 <= int(true_label.min()) <= int(true_label.max()) < classes:
+        raise IPGStoreError(
+            f"label features: labels {int(true_label.min())}..{int(true_label.max())} do not "
+            f"index the {classes} units of the last IPG layer {output['name']!r}; they need a "
+            "model whose last captured layer is its output (one unit per class)"
+        )
+    z = x[:, offset : offset + classes, 0].double()
+    true_class = nn.functional.one_hot(true_label, classes).bool()
+    margin = z.gather(1, true_label[:, None]) - z
+    margin = torch.where(true_class, logit_confidence(z, true_label)[:, None], margin)
+    out = x.new_zeros(*x.shape[:2], len(LABEL_FEATURES))
+    out[:, offset : offset + classes] = torch.stack([true_class.to(x.dtype), margin.to(x.dtype)], 2)
+    return out
 
 
 class IPGDataset(Dataset):
@@ -18,7 +56,7 @@ class IPGDataset(Dataset):
 
     Each `Data` carries `x`, `edge_index`, `edge_attr` (contribution, weight), `y`, and the
     metadata `source_index`, `true_label`, `pred`, `success` and `population_id` (an index into
-    `self.populations`)."""
+    `self.populations`). With `label_features`, `x` ends with the `LABEL_FEATURES` columns."""
 
     def __init__(
         self,
@@ -26,6 +64,7 @@ class IPGDataset(Dataset):
         stores: Sequence[str],
         fingerprint: str | None = None,
         transform=None,
+        label_features: bool = False,
     ) -> None:
         super().__init__(None, transform)
         self.root_dir = Path(root)
@@ -52,6 +91,12 @@ class IPGDataset(Dataset):
         self.tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self.tensors["population_id"] = torch.cat(population_ids)
         self.dynamic = "edge_index" in self.tensors
+        self.label_features = label_features
+        if label_features:
+            t = self.tensors
+            t["x"] = torch.cat(
+                [t["x"], label_node_features(t["x"], t["true_label"], self.topology)], 2
+            )
 
     def len(self) -> int:
         return len(self.tensors["x"])

@@ -195,16 +195,19 @@ def build_ipg_datasets(
         "fingerprint": fingerprint,
         "reference": reference.name,
         "stores": stores,
+        "label_features": bool(cfg.ipg.get("label_features", False)),
     }
 
 
 def ipg_dataset(ipgs: Mapping[str, Any], split: str, contrasts: Sequence[str]) -> IPGDataset:
-    """The reference graphs of `split` plus its graphs of the `contrasts` populations."""
+    """The reference graphs of `split` plus its graphs of the `contrasts` populations (with
+    label node features when `ipgs` says so: `ipg.label_features`)."""
     stores = ipgs["stores"][split]
     return IPGDataset(
         ipgs["root"],
         [stores[ipgs["reference"]], *(stores[c] for c in contrasts)],
         fingerprint=ipgs["fingerprint"],
+        label_features=ipgs.get("label_features", False),
     )
 
 
