@@ -36,7 +36,7 @@ from ipg_gnn.data import Images
 from ipg_gnn.detect import Activations, FlatActivations, score_graphs
 from ipg_gnn.errors import ConfigError, one_line_errors
 from ipg_gnn.graphs import IPGDataset
-from ipg_gnn.jobs.stages import fit_target, ipg_dataset, make_objective, split_inputs
+from ipg_gnn.jobs.stages import cached_fit, ipg_dataset, make_objective, split_inputs
 from ipg_gnn.objectives.membership import (
     LOW_FPRS,
     Membership,
@@ -89,7 +89,8 @@ def train_shadows(
     run: TrainRun, objective: Membership, count: int, clock: StageClock
 ) -> list[nn.Module]:
     """`count` models trained like the target, each on a seeded random subset of
-    `objective.lira.split` as large as the target's training split."""
+    `objective.lira.split` as large as the target's training split (through the targets
+    cache: a second audit of the run, or of a run of the same target, trains none)."""
     pool_split = objective.lira["split"]
     pool = run.splits.images(run.data, pool_split)
     size = len(run.splits.indices["target_train"])
@@ -105,16 +106,15 @@ def train_shadows(
         rng = np.random.default_rng([run.cfg.seed, i])
         subset = pool.subset(np.sort(rng.permutation(len(pool))[:size]))
         with clock("shadows"):
-            shadows.append(
-                fit_target(
-                    run.cfg,
-                    arch,
-                    subset,
-                    run.cfg.seed + 1 + i,
-                    enable_progress_bar=False,
-                    enable_model_summary=False,
-                )
+            model, _ = cached_fit(
+                run.cfg,
+                arch,
+                subset,
+                run.cfg.seed + 1 + i,
+                enable_progress_bar=False,
+                enable_model_summary=False,
             )
+        shadows.append(model)
     return shadows
 
 
