@@ -99,6 +99,24 @@ def test_label_features_mark_the_true_class_output_unit(stores):
     assert Activations.of(labelled).layers[-1].shape == (len(y), CLASSES * len(LABEL_FEATURES))
 
 
+def test_calibrated_margin_subtracts_the_reference_models_margins(stores):
+    plain = datasets(stores, False)["test"]
+    x, y, topology = plain.tensors["x"], plain.tensors["true_label"], plain.topology
+    offset = topology.layers[-1]["offset"]
+    logits = x[:, offset : offset + CLASSES, 0]
+    own = label_node_features(x, y, topology, torch.stack([logits, logits]))
+    assert own.shape[2] == len(LABEL_FEATURES) + 1 and not own[:, :, 2].any()
+    shifted = label_node_features(x, y, topology, logits[None] - 2 * torch.eye(CLASSES)[y])
+    # a reference model 2 logits less sure of the true class: all its true margins (and its
+    # logit-scaled confidence) are 2 lower
+    calibrated = shifted[:, offset : offset + CLASSES, 2]
+    assert torch.allclose(calibrated, torch.full_like(calibrated, 2.0), atol=1e-4)
+    calibrated_set = IPGDataset(
+        stores, ["test-agree", "test-mislabelled"], reference_logits=logits[None]
+    )
+    assert calibrated_set.label_features and calibrated_set.tensors["x"].shape[2] == 7
+
+
 def test_label_features_refuse_labels_the_output_layer_cannot_hold(stores):
     data = datasets(stores, False)["test"]
     with pytest.raises(IPGStoreError, match="do not index"):

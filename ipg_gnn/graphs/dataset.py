@@ -4,7 +4,9 @@ An IPG holds the model's activations and contributions, not the input's true lab
 output-based membership score (loss, confidence, LiRA) uses. `label_features=True` gives each
 graph the label as node features (`LABEL_FEATURES`, appended after the capture's), computed
 from what the stores already hold (the output units' values and `true_label`): the stores are
-the same with or without them, so no cache holds graphs of either kind.
+the same with or without them, so no cache holds graphs of either kind. Given reference
+models' logits on the same inputs (the membership audit's shadow models), a third feature
+calibrates the margins by what models that never saw the input make of it.
 """
 
 from __future__ import annotations
@@ -22,16 +24,31 @@ from ipg_gnn.targets import logit_confidence
 #: Node features of `IPGDataset(label_features=True)`, after the capture's own; zero on every
 #: unit but the output layer's (one unit per class).
 LABEL_FEATURES = ("true_class", "true_margin")
+#: The node feature that `IPGDataset(reference_logits=...)` adds after `LABEL_FEATURES`.
+CALIBRATED_FEATURE = "calibrated_margin"
+
+
+def true_margins(logits: torch.Tensor, true_label: torch.Tensor) -> torch.Tensor:
+    """(inputs, classes): how far the true class's logit z_y lies above each z_k, and at the
+    true class the logit-scaled confidence z_y - logsumexp(z_other) (LiRA's statistic)."""
+    z = logits.double()
+    true_class = nn.functional.one_hot(true_label, z.shape[1]).bool()
+    margin = z.gather(1, true_label[:, None]) - z
+    return torch.where(true_class, logit_confidence(z, true_label)[:, None], margin)
 
 
 def label_node_features(
-    x: torch.Tensor, true_label: torch.Tensor, topology: Topology
+    x: torch.Tensor,
+    true_label: torch.Tensor,
+    topology: Topology,
+    reference_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(graphs, nodes, len(LABEL_FEATURES)) label features of node features `x` (graphs, nodes,
-    features), the output layer being the topology's last: `true_class` is 1 on the true
-    class's output unit; `true_margin` is, on output unit k, how far the true class's logit
-    z_y lies above z_k, and on the true class's unit the logit-scaled confidence
-    z_y - logsumexp(z_other) (LiRA's statistic; node feature 0 is the unit's value)."""
+    """Label features of node features `x` (graphs, nodes, features), on the output layer (the
+    topology's last; node feature 0 is a unit's value, the logit): `true_class` is 1 on the
+    true class's unit; `true_margin` is `true_margins` of the logits, per output unit. With
+    `reference_logits` (models, graphs, classes: reference models' logits on the same inputs)
+    also `CALIBRATED_FEATURE`, the true margins minus the reference models' mean of theirs
+    (difficulty calibration; on the true unit, the numerator of LiRA offline)."""
     output = topology.layers[-1]
     offset, classes = output["offset"], output["num_units"]
     if len(true_label) and not 0 <= int(true_label.min()) <= int(true_label.max()) < classes:
@@ -40,12 +57,18 @@ def label_node_features(
             f"index the {classes} units of the last IPG layer {output['name']!r}; they need a "
             "model whose last captured layer is its output (one unit per class)"
         )
-    z = x[:, offset : offset + classes, 0].double()
-    true_class = nn.functional.one_hot(true_label, classes).bool()
-    margin = z.gather(1, true_label[:, None]) - z
-    margin = torch.where(true_class, logit_confidence(z, true_label)[:, None], margin)
-    out = x.new_zeros(*x.shape[:2], len(LABEL_FEATURES))
-    out[:, offset : offset + classes] = torch.stack([true_class.to(x.dtype), margin.to(x.dtype)], 2)
+    margin = true_margins(x[:, offset : offset + classes, 0], true_label)
+    columns = [nn.functional.one_hot(true_label, classes).double(), margin]
+    if reference_logits is not None:
+        if reference_logits.shape[1:] != margin.shape:
+            raise ValueError(
+                f"reference_logits must be (models, {len(margin)}, {classes}); "
+                f"got {tuple(reference_logits.shape)}"
+            )
+        reference = torch.stack([true_margins(z, true_label) for z in reference_logits])
+        columns.append(margin - reference.mean(0))
+    out = x.new_zeros(*x.shape[:2], len(columns))
+    out[:, offset : offset + classes] = torch.stack(columns, 2).to(x.dtype)
     return out
 
 
@@ -56,7 +79,9 @@ class IPGDataset(Dataset):
 
     Each `Data` carries `x`, `edge_index`, `edge_attr` (contribution, weight), `y`, and the
     metadata `source_index`, `true_label`, `pred`, `success` and `population_id` (an index into
-    `self.populations`). With `label_features`, `x` ends with the `LABEL_FEATURES` columns."""
+    `self.populations`). With `label_features`, `x` ends with the `LABEL_FEATURES` columns;
+    with `reference_logits` (models, graphs, classes; graphs in this dataset's order) too,
+    then with `CALIBRATED_FEATURE` as well (`label_node_features`)."""
 
     def __init__(
         self,
@@ -65,6 +90,7 @@ class IPGDataset(Dataset):
         fingerprint: str | None = None,
         transform=None,
         label_features: bool = False,
+        reference_logits: torch.Tensor | None = None,
     ) -> None:
         super().__init__(None, transform)
         self.root_dir = Path(root)
@@ -91,12 +117,11 @@ class IPGDataset(Dataset):
         self.tensors = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         self.tensors["population_id"] = torch.cat(population_ids)
         self.dynamic = "edge_index" in self.tensors
-        self.label_features = label_features
-        if label_features:
+        self.label_features = label_features or reference_logits is not None
+        if self.label_features:
             t = self.tensors
-            t["x"] = torch.cat(
-                [t["x"], label_node_features(t["x"], t["true_label"], self.topology)], 2
-            )
+            label = label_node_features(t["x"], t["true_label"], self.topology, reference_logits)
+            t["x"] = torch.cat([t["x"], label], 2)
 
     def len(self) -> int:
         return len(self.tensors["x"])
