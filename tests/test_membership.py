@@ -222,9 +222,5 @@ def test_membership_audit_runs_end_to_end(tmp_path):
     assert saved["strongest_baseline"] in attacks
     assert set(saved["leads_tpr_at_0.01fpr"]) == {"GNN", "GNN_calibrated"}
     assert saved["label_features"] and 0 <= saved["calibrated_gnn"]["best_val_auroc"] <= 1
-    # the shadow models went through the targets cache: a second audit trains none
-    again = audit(run_dir, tmp_path / "audit2", shadows=2)
-    assert again["attacks"]["lira"] == attacks["lira"]
-    assert again["timing_s"]["shadows"] < result["timing_s"]["shadows"]
     assert (tmp_path / "audit/membership_roc.png").is_file()
     assert "| lira |" in (tmp_path / "audit/membership_audit.md").read_text()

@@ -86,28 +86,18 @@ def obtain_target(
         path = Path(cfg.target.checkpoint)
         return load_checkpoint(path, arch), {"checkpoint": str(path), "origin": "checkpoint"}
     training_set = objective.training_set(splits.images(data, "target_train"), cfg.seed)
-    return cached_fit(cfg, arch, training_set, cfg.seed, loggers=loggers)
-
-
-def cached_fit(
-    cfg: DictConfig, arch: Mapping[str, Any], training_set: Images, seed: int, **settings: Any
-) -> tuple[nn.Module, dict[str, Any]]:
-    """`fit_target`'s model (`settings`: its loggers and trainer settings), from the targets
-    cache when one was trained with the same settings, training set and seed (the target, or
-    a shadow model trained like it), else trained now and cached. Returns the model and where
-    it came from."""
-    key = target_cache_key(cfg, arch, training_set.fingerprint(), seed)
+    key = target_cache_key(cfg, arch, training_set.fingerprint())
     path = Path(cfg.paths.cache_dir) / "targets" / f"{key}.pt"
     if path.is_file():
         try:
             model = load_checkpoint(path, arch)
-            log.info("reusing cached model %s", path)
+            log.info("reusing cached target %s", path)
             return model, {"checkpoint": str(path), "origin": "cache"}
         except ArtifactError as e:
-            log.warning("%s; training it again", e)
-    model = fit_target(cfg, arch, training_set, seed, **settings)
+            log.warning("%s; training the target again", e)
+    model = fit_target(cfg, arch, training_set, cfg.seed, loggers)
     save_checkpoint(path, model, arch, {"key_config": plain(cfg.target)})
-    log.info("trained model cached at %s", path)
+    log.info("trained target cached at %s", path)
     return model, {"checkpoint": str(path), "origin": "trained"}
 
 

@@ -59,12 +59,9 @@ def source_identity(cfg: DictConfig) -> dict[str, Any]:
     return {k: v for k, v in plain(cfg.dataset.source).items() if k not in _LOCATION_KEYS}
 
 
-def target_cache_key(
-    cfg: DictConfig, arch: Mapping[str, Any], data: str, seed: int | None = None
-) -> str:
+def target_cache_key(cfg: DictConfig, arch: Mapping[str, Any], data: str) -> str:
     """Hash of everything that shapes the target's weights; `data` is the fingerprint of the
-    exact training set (inputs and labels), `seed` the training seed (default `cfg.seed`; a
-    shadow model trained like the target has its own)."""
+    exact training set (inputs and labels)."""
     trainer = {
         k: v
         for k, v in OmegaConf.to_container(cfg.trainer).items()
@@ -77,7 +74,7 @@ def target_cache_key(
             "source": source_identity(cfg),
             "split": plain(cfg.split),
             "trainer": trainer,
-            "seed": cfg.seed if seed is None else seed,
+            "seed": cfg.seed,
             "data": data,
         }
     )

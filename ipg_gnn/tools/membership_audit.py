@@ -37,7 +37,7 @@ from ipg_gnn.detect import Activations, FlatActivations, score_graphs
 from ipg_gnn.errors import ConfigError, one_line_errors
 from ipg_gnn.graphs import IPGDataset
 from ipg_gnn.jobs.stages import (
-    cached_fit,
+    fit_target,
     ipg_dataset,
     make_objective,
     split_inputs,
@@ -97,8 +97,7 @@ def train_shadows(
     run: TrainRun, objective: Membership, count: int, clock: StageClock
 ) -> list[nn.Module]:
     """`count` models trained like the target, each on a seeded random subset of
-    `objective.lira.split` as large as the target's training split (through the targets
-    cache: a second audit of the run, or of a run of the same target, trains none)."""
+    `objective.lira.split` as large as the target's training split."""
     pool_split = objective.lira["split"]
     pool = run.splits.images(run.data, pool_split)
     size = len(run.splits.indices["target_train"])
@@ -114,15 +113,16 @@ def train_shadows(
         rng = np.random.default_rng([run.cfg.seed, i])
         subset = pool.subset(np.sort(rng.permutation(len(pool))[:size]))
         with clock("shadows"):
-            model, _ = cached_fit(
-                run.cfg,
-                arch,
-                subset,
-                run.cfg.seed + 1 + i,
-                enable_progress_bar=False,
-                enable_model_summary=False,
+            shadows.append(
+                fit_target(
+                    run.cfg,
+                    arch,
+                    subset,
+                    run.cfg.seed + 1 + i,
+                    enable_progress_bar=False,
+                    enable_model_summary=False,
+                )
             )
-        shadows.append(model)
     return shadows
 
 
