@@ -233,6 +233,11 @@ def test_membership_audit_runs_end_to_end(tmp_path):
                 "split.max_size.target_train=300",
                 "target.train.epochs=3",
                 "ipg.calibration_size=100",
+                # the membership experiments' detector: label features, true_class readout,
+                # and the audit's GNN on shadow-calibrated label features
+                "ipg.label_features=true",
+                "gnn=true_class",
+                "objective.lira.calibrated_gnn=true",
                 "gnn.train.max_epochs=1",
                 "detector.baselines={}",
                 "detector.transfer=false",
@@ -261,7 +266,9 @@ def test_membership_audit_runs_end_to_end(tmp_path):
     attacks = result["attacks"]
     assert set(attacks) == {
         "GNN",
+        "GNN_calibrated",
         "flat",
+        "flat_calibrated",
         "loss",
         "confidence",
         "entropy",
@@ -272,6 +279,8 @@ def test_membership_audit_runs_end_to_end(tmp_path):
     assert result["generalisation"]["member"]["n"] == 300
     saved = json.loads((tmp_path / "audit/membership_audit.json").read_text())
     assert saved["strongest_baseline"] in attacks
+    assert set(saved["leads_tpr_at_0.01fpr"]) == {"GNN", "GNN_calibrated"}
+    assert saved["label_features"] and 0 <= saved["calibrated_gnn"]["best_val_auroc"] <= 1
     assert (tmp_path / "audit/membership_roc.png").is_file()
     assert "| lira |" in (tmp_path / "audit/membership_audit.md").read_text()
 

@@ -28,6 +28,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from ipg_gnn.graphs import IPGDataset
+from ipg_gnn.provenance import NODE_FEATURES
 
 
 def unit_activations(x: torch.Tensor, spans: Sequence[tuple[int, int]]) -> list[torch.Tensor]:
@@ -59,8 +60,16 @@ class Activations:
 
     @classmethod
     def of(cls, dataset: IPGDataset) -> Activations:
+        """The graphs' activations; graphs with label features (`IPGDataset.label_features`)
+        get them as one more layer (the output units' label features), so these detectors see
+        the true label as the GNN does."""
         meta = dataset.meta
-        x = unit_activations(meta["x"], layer_spans(dataset.topology.layers))
+        spans = layer_spans(dataset.topology.layers)
+        x = unit_activations(meta["x"], spans)
+        if dataset.label_features:
+            offset, units = spans[-1]
+            label = meta["x"][:, offset : offset + units, len(NODE_FEATURES) :]
+            x.append(label.flatten(1).double())
         return cls(x, meta["is_contrast"], meta["true_label"])
 
     def reference(self) -> Activations:

@@ -6,8 +6,10 @@ standardised per unit (with statistics of the training graphs, stored as buffers
 node-identity embedding can be added. Edge contributions span orders of magnitude across layers,
 so they pass through `asinh` (a signed log) before a global standardisation.
 
-Readouts: `mean`, `max`, `sum` pooling, and `order`, which keeps unit identity by concatenating
-a small projection of every node's state in node order, so the head can weigh units one by one.
+Readouts: `mean`, `max`, `sum` pooling, `order`, which keeps unit identity by concatenating
+a small projection of every node's state in node order, so the head can weigh units one by one,
+and `true_class`, the state of the node that node feature `TRUE_CLASS_FEATURE` marks (the true
+class's output unit, in graphs that carry label features: `ipg_gnn.graphs.label_node_features`).
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ from torch_geometric.nn import (
     global_mean_pool,
 )
 
+from ipg_gnn.provenance import NODE_FEATURES
+
 CONVS = ("graphconv", "gine", "gatv2")
 POOLS = {"mean": global_mean_pool, "max": global_max_pool, "sum": global_add_pool}
 # `order` readout: every node's state projected to ORDER_DIM numbers, concatenated in node order
 # (possible because node k is the same unit in every IPG of a model).
-READOUTS = (*POOLS, "order")
+READOUTS = (*POOLS, "order", "true_class")
+#: The node feature (column) that marks the true class's output unit when graphs carry label
+#: features: the first one after the capture's own (`ipg_gnn.provenance.NODE_FEATURES`).
+TRUE_CLASS_FEATURE = len(NODE_FEATURES)
 
 
 def _edge_transform(edge_attr: torch.Tensor) -> torch.Tensor:
@@ -65,6 +72,11 @@ class IPGClassifier(nn.Module):
             raise ValueError(
                 f"pooling must be a non-empty subset of {list(READOUTS)}; got {list(pooling)}"
             )
+        if "true_class" in pooling and node_features <= TRUE_CLASS_FEATURE:
+            raise ValueError(
+                f"the true_class readout needs label node features (column {TRUE_CLASS_FEATURE} "
+                f"marks the true class's output unit); got {node_features} node features"
+            )
         if conv == "gatv2" and hidden % heads:
             raise ValueError(f"gatv2 needs hidden ({hidden}) divisible by heads ({heads})")
         self.num_nodes, self.conv_type, self.pooling = num_nodes, conv, tuple(pooling)
@@ -80,7 +92,7 @@ class IPGClassifier(nn.Module):
         self.norms = nn.ModuleList([nn.LayerNorm(hidden) for _ in range(layers)])
         self.dropout = nn.Dropout(dropout)
         self.order = nn.Linear(hidden, order_dim) if "order" in self.pooling else None
-        pooled = hidden * len(set(self.pooling) & set(POOLS))
+        pooled = hidden * len(set(self.pooling) & {*POOLS, "true_class"})
         pooled += num_nodes * order_dim if self.order is not None else 0
         self.head = nn.Sequential(
             nn.Linear(pooled, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
@@ -138,6 +150,8 @@ class IPGClassifier(nn.Module):
                 out = conv(h, edge_index, e)
             h = h + self.dropout(torch.relu(norm(out)))
         pooled = [POOLS[p](h, batch) for p in self.pooling if p in POOLS]
+        if "true_class" in self.pooling:
+            pooled.append(global_add_pool(h * x[:, TRUE_CLASS_FEATURE, None], batch))
         if self.order is not None:
             pooled.append(self.order(h).reshape(-1, self.num_nodes * self.order.out_features))
         return self.head(torch.cat(pooled, dim=1)).squeeze(-1)

@@ -215,16 +215,26 @@ def build_ipg_datasets(
         "fingerprint": fingerprint,
         "reference": reference.name,
         "stores": stores,
+        "label_features": bool(cfg.ipg.get("label_features", False)),
     }
 
 
-def ipg_dataset(ipgs: Mapping[str, Any], split: str, contrasts: Sequence[str]) -> IPGDataset:
-    """The reference graphs of `split` plus its graphs of the `contrasts` populations."""
+def ipg_dataset(
+    ipgs: Mapping[str, Any],
+    split: str,
+    contrasts: Sequence[str],
+    reference_logits: torch.Tensor | None = None,
+) -> IPGDataset:
+    """The reference graphs of `split` plus its graphs of the `contrasts` populations (with
+    label node features when `ipgs` says so, `ipg.label_features`, or when reference models'
+    `reference_logits` on the same inputs calibrate them: `IPGDataset`)."""
     stores = ipgs["stores"][split]
     return IPGDataset(
         ipgs["root"],
         [stores[ipgs["reference"]], *(stores[c] for c in contrasts)],
         fingerprint=ipgs["fingerprint"],
+        label_features=ipgs.get("label_features", False),
+        reference_logits=reference_logits,
     )
 
 
@@ -287,10 +297,13 @@ def train_gnn_detector(
     val: IPGDataset,
     directory: Path,
     loggers: list[Logger] | None = None,
+    node_features: int | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the configured GNN and fit it on `train`, selecting by AUROC on `val`."""
+    """Build the configured GNN (for `node_features` node features, when given) and fit it on
+    `train`, selecting by AUROC on `val`."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_model(detector_arch(cfg, train.topology.num_nodes))
+    arch = detector_arch(cfg, train.topology.num_nodes)
+    model = build_model(arch if node_features is None else {**arch, "node_features": node_features})
     g = cfg.gnn.train
 
     def trainer(callbacks: list) -> L.Trainer:

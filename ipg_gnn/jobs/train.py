@@ -42,6 +42,11 @@ def run_train(cfg: DictConfig) -> dict[str, Any]:
             f"ipg.splits must include {', '.join(DETECTOR_SPLITS)} (the detector trains, "
             f"selects and tests on them); missing {', '.join(missing)}"
         )
+    if cfg.detector.adaptive and cfg.ipg.get("label_features", False):
+        raise ConfigError(
+            "detector.adaptive with ipg.label_features: the adaptive attacker differentiates "
+            "the capture's node features only; turn one of them off"
+        )
     out = Path(cfg.paths.output_dir)
     with claim(out, "train", cfg) as record:
         result = _train(cfg, out, record)

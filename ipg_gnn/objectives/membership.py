@@ -45,7 +45,7 @@ from ipg_gnn.objectives.base import (
     UnitOutputs,
 )
 from ipg_gnn.runs.keys import config_key
-from ipg_gnn.targets import accuracy, predict
+from ipg_gnn.targets import accuracy, logit_confidence, predict
 
 #: Splits whose IPGs may hold members (`target_train` itself is where members come from).
 AUDIT_SPLITS = ("ipg_train", "ipg_val", "repair", "test")
@@ -149,14 +149,6 @@ def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torc
             for i in range(0, len(x), batch_size)
         ]
     )
-
-
-def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """log(p_y / (1 - p_y)) computed stably as z_y - logsumexp(z_other): LiRA's
-    logit-scaled confidence, close to Gaussian across models."""
-    true = logits.gather(1, y[:, None])[:, 0]
-    others = logits.scatter(1, y[:, None], float("-inf"))
-    return true - others.logsumexp(1)
 
 
 def attack_scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:

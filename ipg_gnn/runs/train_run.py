@@ -13,6 +13,8 @@ from torch import nn
 
 from ipg_gnn.data import ImageDataset, Splits
 from ipg_gnn.errors import MissingFileError
+from ipg_gnn.graphs.dataset import LABEL_FEATURES
+from ipg_gnn.provenance import NODE_FEATURES
 from ipg_gnn.runs.checkpoints import load_checkpoint
 from ipg_gnn.runs.io import ArtifactError, read_checked
 from ipg_gnn.runs.keys import plain
@@ -33,8 +35,12 @@ def target_arch(cfg: DictConfig, data: ImageDataset) -> dict[str, Any]:
 
 
 def detector_arch(cfg: DictConfig, num_nodes: int) -> dict[str, Any]:
-    """The GNN detector's architecture: its model config completed with the IPG's node count."""
-    return {**plain(cfg.gnn.model), "num_nodes": num_nodes}
+    """The GNN detector's architecture: its model config completed with the IPG's node count
+    and node features (the capture's, plus the label features with `ipg.label_features`)."""
+    arch = {**plain(cfg.gnn.model), "num_nodes": num_nodes}
+    if cfg.ipg.get("label_features", False):  # absent otherwise: older checkpoints still load
+        arch["node_features"] = len(NODE_FEATURES) + len(LABEL_FEATURES)
+    return arch
 
 
 def run_dataset(cfg: DictConfig) -> ImageDataset:

@@ -1,7 +1,13 @@
 """The DNNs under study, their training, and predicting with them."""
 
 from ipg_gnn.targets.models import MLP, BasicBlock, SmallCNN, SmallResNet
-from ipg_gnn.targets.training import ClassifierModule, accuracy, predict, train_target
+from ipg_gnn.targets.training import (
+    ClassifierModule,
+    accuracy,
+    logit_confidence,
+    predict,
+    train_target,
+)
 
 __all__ = [
     "MLP",
@@ -10,6 +16,7 @@ __all__ = [
     "SmallCNN",
     "SmallResNet",
     "accuracy",
+    "logit_confidence",
     "predict",
     "train_target",
 ]

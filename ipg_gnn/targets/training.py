@@ -55,6 +55,14 @@ def train_target(
 
 
 @torch.no_grad()
+def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """log(p_y / (1 - p_y)) computed stably as z_y - logsumexp(z_other): LiRA's
+    logit-scaled confidence, close to Gaussian across models."""
+    true = logits.gather(1, y[:, None])[:, 0]
+    others = logits.scatter(1, y[:, None], float("-inf"))
+    return true - others.logsumexp(1)
+
+
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Predicted labels of `x`, batched, on the model's device."""
     device = next(model.parameters()).device
