@@ -23,6 +23,7 @@ from ipg_gnn.objectives.membership import (
     logit_confidence,
     logits_of,
 )
+from ipg_gnn.repair.report import model_result
 from tests.conftest import compose_config
 
 
@@ -174,6 +175,40 @@ def test_repair_set_holds_every_member_and_as_many_held_out_inputs():
     # Soft targets: the mean of the reference models' distributions on each member.
     assert torch.allclose(objective.soft_targets, members.x.flatten(1).softmax(1))
     assert isinstance(objective.repair_loss({}, seed=0), PrivacyLoss)
+
+
+def test_repair_audit_rows_name_models_as_the_report_does_and_average_draws():
+    from ipg_gnn.tools.membership_audit import audit_row, draw_means
+
+    def audited(member_acc: float, aucs: dict[str, float]) -> dict:
+        attacks = {k: {"auc": v, "tpr_at_0.01fpr": v / 10} for k, v in aucs.items()}
+        return {
+            "generalisation": {"member": {"accuracy": member_acc}, "nonmember": {"accuracy": 0.9}},
+            "attacks": attacks,
+        }
+
+    report = {
+        "after": {"params_changed_fraction": 0.04},
+        "baselines": {"random": {"draws": [{"params_changed_fraction": 0.03}] * 2}},
+    }
+    rows = {
+        "random_0": audit_row(
+            audited(1.0, {"loss": 0.6, "lira": 0.7}), model_result(report, "random_0")
+        ),
+        "random_1": audit_row(
+            audited(0.8, {"loss": 0.6, "lira": 0.5}), model_result(report, "random_1")
+        ),
+    }
+    assert rows["random_0"]["strongest"] == "lira" and rows["random_1"]["strongest"] == "loss"
+    mean = draw_means(rows)["random (mean of 2)"]
+    # The mean of each draw's strongest AUC (0.7, 0.6), not the strongest of the mean AUCs.
+    assert mean["strongest_auc"] == pytest.approx(0.65)
+    assert mean["attacks"]["lira"]["auc"] == pytest.approx(0.6)
+    assert mean["train_accuracy"] == pytest.approx(0.9)
+    assert mean["params_changed_fraction"] == pytest.approx(0.03)
+    assert draw_means({"dp_sgd": rows["random_0"], "original": rows["random_1"]}) == {}
+    with pytest.raises(KeyError, match="no model 'random_2'"):
+        model_result(report, "random_2")
 
 
 def test_loss_threshold_and_lira_beat_chance_on_an_overfit_toy():

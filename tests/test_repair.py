@@ -340,13 +340,16 @@ def test_repair_job_end_to_end(tmp_path):
     assert (tmp_path / "summary.png").stat().st_size > 10_000
     # Every baseline's model is kept (an inference-time patch has no checkpoint); the independent
     # check attacks each kept model.
-    assert sorted(p.name for p in (run / "models").iterdir()) == ["random.pt"]  # not the patch
+    models = sorted(p.name for p in (run / "models").iterdir())
+    assert models == ["random_0.pt", "random_1.pt"]  # each draw; not the patch
     from ipg_gnn.tools.reference_check import reference_check
 
     rows = reference_check(run, steps=5, restarts=1)
-    assert set(rows) == {"before", "after", "random"}
+    assert set(rows) == {"before", "after", "random_0", "random_1"}
     assert rows["after"]["reported"] == report["after"]["robust_acc"]
-    assert rows["random"]["reported"] == report["baselines"]["random"]["draws"][0]["robust_acc"]
+    for d in range(2):
+        draw = report["baselines"]["random"]["draws"][d]
+        assert rows[f"random_{d}"]["reported"] == draw["robust_acc"]
     assert all(0 <= r["reference"] <= report["before"]["clean_acc"] + 1e-9 for r in rows.values())
     assert json.loads((run / "reference_check.json").read_text())["models"] == rows
     bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_evaluations=[pgd]"])

@@ -268,7 +268,7 @@ def run_methods(
 ) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """Every method's repaired model, evaluated (timed as `repair_<tag>`, `evaluate_<tag>`; a
     method of several draws reports their mean, each draw under `draws`). Returns the results
-    and each method's model (its first draw)."""
+    and every model by tag (a method's name; `<name>_<d>` for draw d of several)."""
     results, models = {}, {}
     for name, method in methods.items():
         draws = []
@@ -281,7 +281,7 @@ def run_methods(
                 evaluation, _ = evaluate(model, transfer_from=original_examples)
             log.info("%s: %s", tag, ctx.objective.columns(evaluation))
             draws.append({**evaluation, **info})
-            models.setdefault(name, model)
+            models[tag] = model
         results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
     return results, models
 
@@ -307,7 +307,7 @@ def finetune_curves(
 def run_repair(cfg: DictConfig) -> dict[str, Any]:
     """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
     `repair_plan.json`, `repair_plan.png`, `repaired.pt` (the targeted repair),
-    `models/<baseline>.pt` (each baseline's model; a random plan's first draw),
+    `models/<baseline>.pt` (each baseline's model; `<baseline>_<d>.pt` for each draw of several),
     `repair_report.{json,md}` and
     `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
     check_settings(cfg, RepairSettings)

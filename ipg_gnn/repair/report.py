@@ -42,6 +42,21 @@ def mean_results(results: Sequence[Mapping]) -> dict:
     return mean
 
 
+def model_result(report: Mapping, name: str) -> Mapping:
+    """The result of the model a repair run saved as `name`: `before`, `after`, a baseline, or
+    `<baseline>_<d>`, draw d of a baseline of several draws (its first draw for the bare name)."""
+    if name in ("before", "after"):
+        return report[name]
+    baselines = report["baselines"]
+    if name in baselines:
+        return baselines[name].get("draws", [baselines[name]])[0]
+    method, _, draw = name.rpartition("_")
+    draws = baselines.get(method, {}).get("draws", [])
+    if not (draw.isdigit() and int(draw) < len(draws)):
+        raise KeyError(f"no model {name!r} in the repair report (baselines: {list(baselines)})")
+    return draws[int(draw)]
+
+
 def markdown_report(report: Mapping, objective: Objective) -> str:
     """The repair report as markdown: one row per model, the objective's columns."""
     rows = {

@@ -57,6 +57,7 @@ from ipg_gnn.objectives.membership import (
     logit_confidence,
     logits_of,
 )
+from ipg_gnn.repair.report import mean_results, model_result
 from ipg_gnn.runs.io import atomic_write_text
 from ipg_gnn.runs.run_dir import read_record
 from ipg_gnn.runs.tracking import StageClock
@@ -305,8 +306,9 @@ def refit_run(train_dir: Path, checkpoint: Path, out: Path) -> Path:
 
 def audit_repair(repair_dir: Path, shadows: int | None = None) -> dict[str, Any]:
     """Audit the target of a privacy repair run and every model it saved (`repaired.pt`: the
-    targeted repair; `models/<baseline>.pt`), each with every attack re-fitted to it
-    (`refit_run`); LiRA's shadow models are those of the original audit. Writes each audit
+    targeted repair; `models/<baseline>.pt`, each draw of a random plan), each with every
+    attack re-fitted to it (`refit_run`), a method of several draws also as their mean
+    (`draw_means`); LiRA's shadow models are those of the original audit. Writes each audit
     under `<repair_dir>/audit/<model>/` and the comparison, `privacy_audit.{json,md}` and
     `privacy_tradeoff.png`, into `repair_dir`."""
     repair = json.loads((repair_dir / "repair_report.json").read_text())
@@ -320,26 +322,49 @@ def audit_repair(repair_dir: Path, shadows: int | None = None) -> dict[str, Any]
     for name, checkpoint in checkpoints.items():
         run_dir = refit_run(train_dir, checkpoint, root / name)
         audits[name] = audit(run_dir, run_dir, shadows)
-    # A method of several draws saved its first draw's model: report that draw's budget.
-    changed = {
-        name: r["draws"][0] if "draws" in r else r
-        for name, r in {"targeted": repair["after"], **repair["baselines"]}.items()
-    }
     rows = {
-        name: {
-            "test_accuracy": a["generalisation"]["nonmember"]["accuracy"],
-            "train_accuracy": a["generalisation"]["member"]["accuracy"],
-            "params_changed_fraction": changed.get(name, {}).get("params_changed_fraction", 0.0),
-            "attacks": a["attacks"],
-            "strongest": max(a["attacks"], key=lambda k: a["attacks"][k]["auc"]),
-        }
+        name: audit_row(a, model_result(repair, REPORT_NAME.get(name, name)))
         for name, a in audits.items()
     }
+    rows.update(draw_means(rows))
     report = {"repair_dir": str(repair_dir), "train_dir": str(train_dir), "models": rows}
     atomic_write_text(json.dumps(report, indent=2), repair_dir / "privacy_audit.json")
     atomic_write_text(privacy_markdown(report), repair_dir / "privacy_audit.md")
     plot_tradeoff(rows, repair_dir / "privacy_tradeoff.png")
     return report
+
+
+# The models of a repair run under the names its report gives them.
+REPORT_NAME = {"original": "before", "targeted": "after"}
+
+
+def audit_row(audited: Mapping[str, Any], repair_result: Mapping[str, Any]) -> dict[str, Any]:
+    """One model's line of the privacy comparison: accuracy, budget, every re-fitted attack."""
+    attacks = audited["attacks"]
+    strongest = max(attacks, key=lambda k: attacks[k]["auc"])
+    return {
+        "test_accuracy": audited["generalisation"]["nonmember"]["accuracy"],
+        "train_accuracy": audited["generalisation"]["member"]["accuracy"],
+        "params_changed_fraction": repair_result.get("params_changed_fraction", 0.0),
+        "attacks": attacks,
+        "strongest": strongest,
+        "strongest_auc": attacks[strongest]["auc"],
+    }
+
+
+def draw_means(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A row per method of several draws (`<method>_<d>`): the mean of its draws' rows, each
+    draw's strongest attack's AUC averaged, so a random plan is judged by its mean."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for name, row in rows.items():
+        method, _, draw = name.rpartition("_")
+        if method and draw.isdigit():
+            groups.setdefault(method, []).append(row)
+    return {
+        f"{method} (mean of {len(group)})": {**mean_results(group), "strongest": "each draw's"}
+        for method, group in groups.items()
+        if len(group) > 1
+    }
 
 
 def privacy_markdown(report: Mapping[str, Any]) -> str:
@@ -362,7 +387,7 @@ def privacy_markdown(report: Mapping[str, Any]) -> str:
         cells = " | ".join(f"{a[n]['auc']:.3f} / {a[n]['tpr_at_0.01fpr']:.2%}" for n in names)
         lines.append(
             f"| {model} | {r['test_accuracy']:.2%} | {r['train_accuracy']:.2%} | "
-            f"{r['params_changed_fraction']:.2%} | {a[r['strongest']]['auc']:.3f} "
+            f"{r['params_changed_fraction']:.2%} | {r['strongest_auc']:.3f} "
             f"({r['strongest']}) | {cells} |"
         )
     return "\n".join(lines) + "\n"
@@ -372,7 +397,7 @@ def plot_tradeoff(rows: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
     """Each model's test accuracy against its strongest re-fitted attack's AUC."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for name, r in rows.items():
-        auc = r["attacks"][r["strongest"]]["auc"]
+        auc = r["strongest_auc"]
         ax.scatter(auc, r["test_accuracy"] * 100)
         ax.annotate(
             name,

@@ -19,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from ipg_gnn.attacks import ReferencePGD
+from ipg_gnn.repair.report import model_result
 from ipg_gnn.runs.checkpoints import load_checkpoint
 from ipg_gnn.runs.io import atomic_write_text
 from ipg_gnn.runs.train_run import load_train_run, target_arch
@@ -36,13 +37,6 @@ def _models(directory: Path) -> tuple[dict[str, nn.Module], dict[str, Any], Any]
     return models, report, run
 
 
-def reported_robust(report: dict[str, Any], name: str) -> float:
-    """A model's robust accuracy as the repair report gives it (a method of several draws: its
-    first draw, the model kept)."""
-    result = report[name] if name in ("before", "after") else report["baselines"][name]
-    return float(result.get("draws", [result])[0]["robust_acc"])
-
-
 def reference_check(
     directory: str | Path, steps: int = 200, restarts: int = 5, seed: int = 0
 ) -> dict[str, dict[str, float]]:
@@ -58,7 +52,7 @@ def reference_check(
     for name, model in models.items():
         result = attack(model.eval(), test.x, test.y)
         robust = float(((predict(model, test.x) == test.y) & ~result.success).float().mean())
-        reported = reported_robust(report, name)
+        reported = float(model_result(report, name)["robust_acc"])
         rows[name] = {"reported": reported, "reference": robust, "gap": reported - robust}
     out = {
         "attack": repr(attack),
