@@ -211,6 +211,38 @@ def test_repair_audit_rows_name_models_as_the_report_does_and_average_draws():
         model_result(report, "random_2")
 
 
+def test_strongest_auc_gap_is_the_mean_of_each_models_strongest_auc_with_a_paired_bootstrap():
+    from sklearn.metrics import roc_auc_score
+
+    from ipg_gnn.tools.membership_audit import rank_auc, strongest_auc_gap
+
+    rng = np.random.default_rng(0)
+    is_member = np.repeat([1, 0], 400)
+    tied = np.round(rng.normal(size=800) + 0.3 * is_member, 1)  # ties count half, as sklearn's
+    assert rank_auc(tied, is_member) == pytest.approx(roc_auc_score(is_member, tied))
+
+    def model(shift: float) -> dict[str, np.ndarray]:
+        noise = {a: rng.normal(size=800) for a in ("loss", "lira")}
+        return {
+            "is_member": is_member,
+            "loss": noise["loss"],
+            "lira": noise["lira"] + shift * is_member,
+        }
+
+    scores = {"targeted": model(0.0), "random_0": model(1.0), "random_1": model(0.5)}
+    gap = strongest_auc_gap(scores, "targeted", ["random_0", "random_1"], resamples=200)
+    strongest = {
+        m: max(roc_auc_score(is_member, s[a]) for a in ("loss", "lira")) for m, s in scores.items()
+    }
+    expected = (strongest["random_0"] + strongest["random_1"]) / 2 - strongest["targeted"]
+    assert gap["difference"] == pytest.approx(expected)
+    assert 0 < gap["interval_95"][0] < expected < gap["interval_95"][1]
+    assert gap["fraction_above_zero"] == 1.0
+    scores["random_1"]["is_member"] = is_member[::-1]
+    with pytest.raises(ValueError, match="test different inputs"):
+        strongest_auc_gap(scores, "targeted", ["random_0", "random_1"], resamples=2)
+
+
 def test_loss_threshold_and_lira_beat_chance_on_an_overfit_toy():
     """A small MLP memorises 200 points with noisy labels; shadow models train on other
     points of the same distribution."""
@@ -353,3 +385,5 @@ def test_membership_audit_runs_end_to_end(tmp_path):
     assert all(0 <= r["test_accuracy"] <= 1 for r in privacy.values())
     assert "| targeted |" in (repair_dir / "privacy_audit.md").read_text()
     assert (repair_dir / "privacy_tradeoff.png").is_file()
+    saved = np.load(repair_dir / "audit/targeted/membership_scores.npz")
+    assert set(saved.files) == {"is_member", *privacy["targeted"]["attacks"]}
