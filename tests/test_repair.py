@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import logging
 
 import pytest
 import torch
@@ -120,7 +122,7 @@ def test_flow_difference_matches_a_hand_computation():
         flow_difference(model, x, x_adv[:3], progress=False)
 
 
-def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path):  # noqa: F811
+def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path, caplog):  # noqa: F811
     view = ipgs["test"][torch.cat([torch.arange(8), torch.arange(150, 158)])]
     a = saliency(detector, view)
     topology = ipgs["test"].topology
@@ -140,6 +142,20 @@ def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path)
         make_plan(a, topology, "node", ["net.5"], k=11)
     with pytest.raises(PlanError, match="made for model"):
         plan.check_model("0" * 16)
+    assert "arbitrary_targets" not in plan.provenance  # distinct saliency scores
+    # An attribution constant over a layer (zero: outside the detector's reach) cannot rank it:
+    # the plan says so instead of passing index order off as a ranking.
+    first = torch.arange(350)  # net.1's units
+    flat = dataclasses.replace(
+        a,
+        node_contrast=a.node_contrast.clone().index_fill_(0, first, 0.0),
+        node_reference=a.node_reference.clone().index_fill_(0, first, 0.0),
+    )
+    with caplog.at_level(logging.WARNING, logger="ipg_gnn.plan.repair_plan"):
+        tied = make_plan(flat, topology, "node", ["net.1", "net.3"], k=4)
+    assert tied.targets["net.1"] == [0, 1, 2, 3]
+    assert tied.provenance["arbitrary_targets"] == {"net.1": 4}
+    assert "taken in index order" in caplog.text
 
 
 @pytest.mark.parametrize("level", ["node", "edge"])

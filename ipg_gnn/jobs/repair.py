@@ -396,6 +396,7 @@ def _repair(
             "level": plan.level,
             "explainer": plan.provenance["explainer"],
             "targets": {lay: len(t) for lay, t in plan.targets.items()},
+            "arbitrary_targets": plan.provenance.get("arbitrary_targets", {}),
         },
         "timing_s": clock.seconds,
     }

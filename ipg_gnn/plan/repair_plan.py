@@ -9,6 +9,7 @@ is plain JSON and records what produced it, so it can be checked against the mod
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import Enum
@@ -21,6 +22,8 @@ from ipg_gnn.errors import UserError
 from ipg_gnn.explain import Attribution
 from ipg_gnn.graphs import Topology
 from ipg_gnn.provenance import LayerKind
+
+log = logging.getLogger(__name__)
 
 
 class Level(str, Enum):
@@ -135,6 +138,17 @@ def make_plan(
     `layers` (default: every repairable layer with candidates at this level)."""
     ranked = rank_layers(attribution, topology)
     targets = choose_targets(ranked, level, layers, k)
+    arbitrary = arbitrary_targets(ranked, level, targets)
+    for name, count in arbitrary.items():
+        log.warning(
+            "%s's plan for %s: %d of its %d targets tie with the best target left out, so they "
+            "were taken in index order, not by attribution (a score constant over the layer, "
+            "e.g. zero outside the detector's receptive field)",
+            attribution.explainer,
+            name,
+            count,
+            len(targets[name]),
+        )
     return RepairPlan(
         topology.fingerprint,
         Level(level).value,
@@ -144,9 +158,27 @@ def make_plan(
             "explainer": attribution.explainer,
             "score": attribution.score,
             **({"stability": attribution.stability} if attribution.stability else {}),
+            **({"arbitrary_targets": arbitrary} if arbitrary else {}),
             **(provenance or {}),
         },
     )
+
+
+def arbitrary_targets(
+    ranked: Mapping[str, Mapping[str, Any]], level: str, targets: Mapping[str, Sequence]
+) -> dict[str, int]:
+    """Per layer, how many chosen targets score the same as the best candidate left out: a
+    stable sort took them in index order, so the attribution did not choose them."""
+    pool_key = "units" if Level(level) is Level.NODE else "edges"
+    counts = {}
+    for name, chosen in targets.items():
+        pool = ranked[name][pool_key]
+        if len(chosen) < len(pool):
+            cut = pool[len(chosen)][-1]
+            tied = sum(entry[-1] == cut for entry in pool[: len(chosen)])
+            if tied:
+                counts[name] = tied
+    return counts
 
 
 def choose_targets(

@@ -57,6 +57,12 @@ def model_result(report: Mapping, name: str) -> Mapping:
     return draws[int(draw)]
 
 
+def tied_note(plan: Mapping) -> str:
+    """Say which targets the attribution did not rank (tied at the budget's cut), if any."""
+    tied = plan.get("arbitrary_targets")
+    return f" Tied in attribution, taken in index order: {tied}." if tied else ""
+
+
 def markdown_report(report: Mapping, objective: Objective) -> str:
     """The repair report as markdown: one row per model, the objective's columns."""
     rows = {
@@ -77,7 +83,7 @@ def markdown_report(report: Mapping, objective: Objective) -> str:
         f"Test split, n = {report['n_test']}. {objective.report_note()}",
         "",
         f"Plan: {report['plan']['level']} level, explainer {report['plan']['explainer']}, "
-        f"targets {report['plan']['targets']}.",
+        f"targets {report['plan']['targets']}." + tied_note(report["plan"]),
         "",
         "| model | " + " | ".join(head) + " |",
         "|---" * (1 + len(head)) + "|",
