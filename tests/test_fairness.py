@@ -15,6 +15,7 @@ from ipg_gnn.errors import ConfigError
 from ipg_gnn.graphs import GraphStore
 from ipg_gnn.objectives import Fairness, FairnessLoss, GroupPopulation, Selection
 from ipg_gnn.objectives.fairness import (
+    anchor_gap,
     bootstrap_intervals,
     fairness_gap,
     fairness_metrics,
@@ -99,6 +100,45 @@ def test_the_loss_penalises_only_a_gap_between_groups():
     ce = torch.nn.functional.cross_entropy(model(x), batch.y)
     assert float(FairnessLoss("sex", weight=5.0)(model, same, 1)) == pytest.approx(float(ce))
     assert float(FairnessLoss("sex", weight=5.0)(model, batch, 1)) > float(ce)
+
+
+def test_the_anchor_equals_a_hand_computation():
+    # P(positive) = sigmoid(x + b): the original (b = 0) scores x = 0, ln 3 as 1/2, 3/4; after
+    # b = ln 3 as 3/4, 9/10.
+    ln3 = float(np.log(3.0))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model[1].bias.zero_()
+    x = torch.tensor([0.0, ln3, ln3, 0.0]).view(4, 1, 1, 1)
+    batch = Images(x, torch.tensor([1, 1, 0, 0]), {"sex": torch.tensor([1, 0, 1, 0])})
+    loss = FairnessLoss("sex", weight=2.0, ce_weight=1.0, anchor_weight=10.0)
+    with pytest.raises(RuntimeError, match="attach"):
+        loss(model, batch, 1)
+    with loss.attach(model):
+        ce0 = -np.log([0.5, 0.75, 0.25, 0.5]).mean()
+        # At the start the anchor is 0; the gap: |1/2 - 3/4| (label 1) + |3/4 - 1/2| (label 0).
+        assert float(loss(model, batch, 1)) == pytest.approx(ce0 + 2.0 * 0.5)
+        with torch.no_grad():
+            model[1].bias.copy_(torch.tensor([0.0, ln3]))
+        # Label 1 mean: (3/4 + 9/10) / 2 = 0.825 against (1/2 + 3/4) / 2 = 0.625, label 0 the
+        # same: anchor 0.2^2 + 0.2^2 = 0.08; gap |3/4 - 9/10| + |9/10 - 3/4| = 0.3.
+        ce = -np.log([0.75, 0.9, 0.1, 0.25]).mean()
+        value = loss(model, batch, 1)
+        assert float(value) == pytest.approx(ce + 2.0 * 0.3 + 10.0 * 0.08)
+        reference = torch.tensor([0.5, 0.75, 0.75, 0.5])
+        score = torch.tensor([0.75, 0.9, 0.9, 0.75])
+        assert float(anchor_gap(score, reference, batch.y)) == pytest.approx(0.08)
+        # Its gradient in the positive logit's bias: 10 x sum over labels of 2 x 0.2 x the
+        # label's mean s(1 - s) = (3/16 + 9/100) / 2, both labels: 1.11, pulling the rates back.
+        value.backward()
+        anchored = model[1].bias.grad[1].item()
+        model.zero_grad()
+        FairnessLoss("sex", weight=2.0)(model, batch, 1).backward()
+        assert anchored - model[1].bias.grad[1].item() == pytest.approx(1.11)
+    assert loss.reference is None
+    with pytest.raises(ConfigError, match="anchor_weight"):
+        FairnessLoss("sex", anchor_weight=-1.0)
 
 
 def test_group_populations_select_their_members_only():
