@@ -262,3 +262,16 @@ def test_the_study_chooses_on_validation_within_the_accuracy_tolerance():
     # the test numbers play no part.
     assert choose(points, 0.85, 0.01)["setting"] == 2
     assert choose(points, 0.87, 0.01) is None
+
+
+def test_the_study_labels_anchored_repairs_with_both_weights():
+    from ipg_gnn.tools.fairness_study import repair_curves
+
+    row = {"clean_acc": 0.8}
+    jobs = [
+        {"weight": 2.0, "anchor": 0.0, "after": row, "baselines": {"random": row}},
+        {"weight": 2.0, "anchor": 16.0, "after": row, "baselines": {}},
+    ]
+    curves = repair_curves(jobs)
+    assert [p["setting"] for p in curves["targeted"]] == [2.0, "2, anchor 16"]
+    assert [p["setting"] for p in curves["random"]] == [2.0]

@@ -88,28 +88,33 @@ def score(
 
 
 def gather(directory: Path) -> list[dict[str, Any]]:
-    """Every repair job under `directory`: its penalty weight and report."""
+    """Every repair job under `directory`: its penalty and anchor weights and report."""
     jobs = []
     for path in sorted(directory.glob("**/repair_report.json")):
         cfg = OmegaConf.load(path.parent / "repair_config.yaml")
-        jobs.append(
-            {"weight": float(cfg.objective.loss.weight), "cfg": cfg, **json.loads(path.read_text())}
-        )
+        loss = cfg.objective.loss
+        weights = {"weight": float(loss.weight), "anchor": float(loss.get("anchor_weight", 0.0))}
+        jobs.append({**weights, "cfg": cfg, **json.loads(path.read_text())})
     if not jobs:
         raise FileNotFoundError(f"no repair_report.json under {directory}")
-    return sorted(jobs, key=lambda j: j["weight"])
+    return sorted(jobs, key=lambda j: (j["anchor"], j["weight"]))
+
+
+def setting(job: Mapping[str, Any]) -> float | str:
+    """A repair job's setting: its penalty weight, with its anchor weight when it has one."""
+    return f"{job['weight']:g}, anchor {job['anchor']:g}" if job["anchor"] else job["weight"]
 
 
 def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[dict[str, Any]]]:
     """Per repair method (named `<method>, <label>` when a label is given), one point per
-    penalty weight (a random plan: the mean of its draws' numbers)."""
+    penalty (and anchor) weight (a random plan: the mean of its draws' numbers)."""
     curves: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         for method, key in REPAIR_ROWS.items():
             row = job[key] if key == "after" else job["baselines"].get(key)
             if row is not None:
                 name = f"{method}, {label}" if label else method
-                curves.setdefault(name, []).append({"setting": job["weight"], **row})
+                curves.setdefault(name, []).append({"setting": setting(job), **row})
     return curves
 
 
@@ -300,8 +305,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
         f"validation part (n = {before['val']['n']}; lowest EO diff with accuracy within "
-        f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (repairs) or "
-        "constraint bound (reductions).",
+        f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (and anchor "
+        "weight, if any; repairs) or constraint bound (reductions).",
         "",
         "| model | setting | accuracy | EO diff | DP diff | params changed | val accuracy "
         "| val EO diff |",
