@@ -275,3 +275,32 @@ def test_the_study_labels_anchored_repairs_with_both_weights():
     curves = repair_curves(jobs)
     assert [p["setting"] for p in curves["targeted"]] == [2.0, "2, anchor 16"]
     assert [p["setting"] for p in curves["random"]] == [2.0]
+
+
+def test_the_study_lists_every_point_with_each_groups_tpr():
+    from ipg_gnn.tools.fairness_study import points_markdown
+
+    groups = {"privileged": {"tpr": 0.627}, "unprivileged": {"tpr": 0.536}}
+    test = {"clean_acc": 0.8495, "eo_diff": 0.092, "dp_diff": 0.178, "by_group": groups}
+    point = {"setting": "2, anchor 4", "test": test, "val": {"clean_acc": 0.86, "eo_diff": 0.2}}
+    text = points_markdown({"curves": {"targeted": [point | {"params_changed_fraction": 0.088}]}})
+    row = (
+        "| targeted | 2, anchor 4 | 84.95% | 0.092 | 0.178 | 62.7% / 53.6% | 86.00% | 0.200 "
+        "| 8.8% |"
+    )
+    assert row in text.splitlines()
+
+
+def test_the_frontier_gap_compares_accuracy_at_equal_eo():
+    from ipg_gnn.tools.fairness_study import frontier_gap, pareto_front
+
+    def point(acc, eo):
+        return {"test": {"clean_acc": acc, "eo_diff": eo}}
+
+    # (0.03, 0.83) is beaten by (0.02, 0.84): off the front.
+    others = [point(0.84, 0.02), point(0.83, 0.03), point(0.85, 0.04)]
+    assert pareto_front(others).tolist() == [[0.02, 0.84], [0.04, 0.85]]
+    # At EO 0.03 the front is at 0.845: +0.005; 0.01 is outside the front's range.
+    gap = frontier_gap([point(0.85, 0.03), point(0.80, 0.01)], others)
+    assert gap["mean"] == pytest.approx(0.005)
+    assert (gap["n"], gap["of"], gap["lowest_eo"], gap["others_lowest_eo"]) == (1, 2, 0.01, 0.02)
