@@ -304,3 +304,22 @@ def test_the_frontier_gap_compares_accuracy_at_equal_eo():
     gap = frontier_gap([point(0.85, 0.03), point(0.80, 0.01)], others)
     assert gap["mean"] == pytest.approx(0.005)
     assert (gap["n"], gap["of"], gap["lowest_eo"], gap["others_lowest_eo"]) == (1, 2, 0.01, 0.02)
+
+
+def test_the_temperature_sharpens_the_score_the_gap_sees():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model[1].bias.zero_()
+    # Logits (0, x): P(positive) = sigmoid(x); at temperature 1/2 the gap sees sigmoid(2x).
+    ln3 = float(np.log(3.0))
+    x = torch.tensor([ln3, 0.0, 0.0, 0.0]).view(4, 1, 1, 1)
+    batch = Images(x, torch.tensor([1, 1, 0, 0]), {"sex": torch.tensor([1, 0, 1, 0])})
+    ce = -np.log([0.75, 0.5, 0.5, 0.5]).mean()
+    # Label 1: |3/4 - 1/2| at temperature 1, |9/10 - 1/2| at 1/2; label 0: no gap.
+    plain = FairnessLoss("sex", weight=1.0)
+    assert float(plain(model, batch, 1)) == pytest.approx(ce + 0.25)
+    sharp = FairnessLoss("sex", weight=1.0, temperature=0.5)
+    assert float(sharp(model, batch, 1)) == pytest.approx(ce + 0.4)
+    with pytest.raises(ConfigError, match="temperature"):
+        FairnessLoss("sex", temperature=0.0)

@@ -117,7 +117,11 @@ class FairnessLoss:
     the larger group moves less). It compares with the original on the batch itself (a frozen
     copy taken in `attach`) rather than with a target rate fixed once, so it carries no batch
     sampling noise; squared, so it is smooth and vanishes at the start. With a method that
-    prunes first, the reference is the pruned model. `anchor_weight=0`: no anchor, no copy."""
+    prunes first, the reference is the pruned model. `anchor_weight=0`: no anchor, no copy.
+
+    `temperature` sharpens the score the gap and the anchor see, softmax(logits / temperature)
+    of the positive class (1: the predicted probability): below 1 a group's mean score comes
+    closer to its thresholded rate, which fairlearn's metrics count."""
 
     def __init__(
         self,
@@ -126,14 +130,19 @@ class FairnessLoss:
         weight: float = 1.0,
         ce_weight: float = 1.0,
         anchor_weight: float = 0.0,
+        temperature: float = 1.0,
     ) -> None:
         if penalty not in tuple(p.value for p in Penalty):
             raise ConfigError(
                 f"objective.loss.penalty must be one of {[p.value for p in Penalty]}; "
                 f"got {penalty!r}"
             )
-        if anchor_weight < 0:
-            raise ConfigError(f"objective.loss.anchor_weight must be >= 0; got {anchor_weight}")
+        if anchor_weight < 0 or temperature <= 0:
+            raise ConfigError(
+                "objective.loss.anchor_weight must be >= 0 and temperature > 0; got "
+                f"{anchor_weight}, {temperature}"
+            )
+        self.temperature = temperature
         self.attribute, self.penalty = attribute, penalty
         self.weight, self.ce_weight, self.anchor_weight = weight, ce_weight, anchor_weight
         self.reference: nn.Module | None = None
@@ -153,14 +162,14 @@ class FairnessLoss:
 
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         logits = model(batch.x)
-        score = logits.softmax(-1)[:, 1]
+        score = (logits / self.temperature).softmax(-1)[:, 1]
         gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
         loss = self.ce_weight * nn.functional.cross_entropy(logits, batch.y) + self.weight * gap
         if self.anchor_weight:
             if self.reference is None:
                 raise RuntimeError("an anchored FairnessLoss is called inside `attach(model)`")
             with torch.no_grad():
-                reference = self.reference(batch.x).softmax(-1)[:, 1]
+                reference = (self.reference(batch.x) / self.temperature).softmax(-1)[:, 1]
             loss = loss + self.anchor_weight * anchor_gap(score, reference, batch.y)
         return loss
 
