@@ -15,6 +15,7 @@ from ipg_gnn.errors import ConfigError
 from ipg_gnn.graphs import GraphStore
 from ipg_gnn.objectives import Fairness, FairnessLoss, GroupPopulation, Selection
 from ipg_gnn.objectives.fairness import (
+    anchor_gap,
     bootstrap_intervals,
     fairness_gap,
     fairness_metrics,
@@ -99,6 +100,45 @@ def test_the_loss_penalises_only_a_gap_between_groups():
     ce = torch.nn.functional.cross_entropy(model(x), batch.y)
     assert float(FairnessLoss("sex", weight=5.0)(model, same, 1)) == pytest.approx(float(ce))
     assert float(FairnessLoss("sex", weight=5.0)(model, batch, 1)) > float(ce)
+
+
+def test_the_anchor_equals_a_hand_computation():
+    # P(positive) = sigmoid(x + b): the original (b = 0) scores x = 0, ln 3 as 1/2, 3/4; after
+    # b = ln 3 as 3/4, 9/10.
+    ln3 = float(np.log(3.0))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model[1].bias.zero_()
+    x = torch.tensor([0.0, ln3, ln3, 0.0]).view(4, 1, 1, 1)
+    batch = Images(x, torch.tensor([1, 1, 0, 0]), {"sex": torch.tensor([1, 0, 1, 0])})
+    loss = FairnessLoss("sex", weight=2.0, ce_weight=1.0, anchor_weight=10.0)
+    with pytest.raises(RuntimeError, match="attach"):
+        loss(model, batch, 1)
+    with loss.attach(model):
+        ce0 = -np.log([0.5, 0.75, 0.25, 0.5]).mean()
+        # At the start the anchor is 0; the gap: |1/2 - 3/4| (label 1) + |3/4 - 1/2| (label 0).
+        assert float(loss(model, batch, 1)) == pytest.approx(ce0 + 2.0 * 0.5)
+        with torch.no_grad():
+            model[1].bias.copy_(torch.tensor([0.0, ln3]))
+        # Label 1 mean: (3/4 + 9/10) / 2 = 0.825 against (1/2 + 3/4) / 2 = 0.625, label 0 the
+        # same: anchor 0.2^2 + 0.2^2 = 0.08; gap |3/4 - 9/10| + |9/10 - 3/4| = 0.3.
+        ce = -np.log([0.75, 0.9, 0.1, 0.25]).mean()
+        value = loss(model, batch, 1)
+        assert float(value) == pytest.approx(ce + 2.0 * 0.3 + 10.0 * 0.08)
+        reference = torch.tensor([0.5, 0.75, 0.75, 0.5])
+        score = torch.tensor([0.75, 0.9, 0.9, 0.75])
+        assert float(anchor_gap(score, reference, batch.y)) == pytest.approx(0.08)
+        # Its gradient in the positive logit's bias: 10 x sum over labels of 2 x 0.2 x the
+        # label's mean s(1 - s) = (3/16 + 9/100) / 2, both labels: 1.11, pulling the rates back.
+        value.backward()
+        anchored = model[1].bias.grad[1].item()
+        model.zero_grad()
+        FairnessLoss("sex", weight=2.0)(model, batch, 1).backward()
+        assert anchored - model[1].bias.grad[1].item() == pytest.approx(1.11)
+    assert loss.reference is None
+    with pytest.raises(ConfigError, match="anchor_weight"):
+        FairnessLoss("sex", anchor_weight=-1.0)
 
 
 def test_group_populations_select_their_members_only():
@@ -222,3 +262,64 @@ def test_the_study_chooses_on_validation_within_the_accuracy_tolerance():
     # the test numbers play no part.
     assert choose(points, 0.85, 0.01)["setting"] == 2
     assert choose(points, 0.87, 0.01) is None
+
+
+def test_the_study_labels_anchored_repairs_with_both_weights():
+    from ipg_gnn.tools.fairness_study import repair_curves
+
+    row = {"clean_acc": 0.8}
+    jobs = [
+        {"weight": 2.0, "anchor": 0.0, "after": row, "baselines": {"random": row}},
+        {"weight": 2.0, "anchor": 16.0, "after": row, "baselines": {}},
+    ]
+    curves = repair_curves(jobs)
+    assert [p["setting"] for p in curves["targeted"]] == [2.0, "2, anchor 16"]
+    assert [p["setting"] for p in curves["random"]] == [2.0]
+
+
+def test_the_study_lists_every_point_with_each_groups_tpr():
+    from ipg_gnn.tools.fairness_study import points_markdown
+
+    groups = {"privileged": {"tpr": 0.627}, "unprivileged": {"tpr": 0.536}}
+    test = {"clean_acc": 0.8495, "eo_diff": 0.092, "dp_diff": 0.178, "by_group": groups}
+    point = {"setting": "2, anchor 4", "test": test, "val": {"clean_acc": 0.86, "eo_diff": 0.2}}
+    text = points_markdown({"curves": {"targeted": [point | {"params_changed_fraction": 0.088}]}})
+    row = (
+        "| targeted | 2, anchor 4 | 84.95% | 0.092 | 0.178 | 62.7% / 53.6% | 86.00% | 0.200 "
+        "| 8.8% |"
+    )
+    assert row in text.splitlines()
+
+
+def test_the_frontier_gap_compares_accuracy_at_equal_eo():
+    from ipg_gnn.tools.fairness_study import frontier_gap, pareto_front
+
+    def point(acc, eo):
+        return {"test": {"clean_acc": acc, "eo_diff": eo}}
+
+    # (0.03, 0.83) is beaten by (0.02, 0.84): off the front.
+    others = [point(0.84, 0.02), point(0.83, 0.03), point(0.85, 0.04)]
+    assert pareto_front(others).tolist() == [[0.02, 0.84], [0.04, 0.85]]
+    # At EO 0.03 the front is at 0.845: +0.005; 0.01 is outside the front's range.
+    gap = frontier_gap([point(0.85, 0.03), point(0.80, 0.01)], others)
+    assert gap["mean"] == pytest.approx(0.005)
+    assert (gap["n"], gap["of"], gap["lowest_eo"], gap["others_lowest_eo"]) == (1, 2, 0.01, 0.02)
+
+
+def test_the_temperature_sharpens_the_score_the_gap_sees():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model[1].bias.zero_()
+    # Logits (0, x): P(positive) = sigmoid(x); at temperature 1/2 the gap sees sigmoid(2x).
+    ln3 = float(np.log(3.0))
+    x = torch.tensor([ln3, 0.0, 0.0, 0.0]).view(4, 1, 1, 1)
+    batch = Images(x, torch.tensor([1, 1, 0, 0]), {"sex": torch.tensor([1, 0, 1, 0])})
+    ce = -np.log([0.75, 0.5, 0.5, 0.5]).mean()
+    # Label 1: |3/4 - 1/2| at temperature 1, |9/10 - 1/2| at 1/2; label 0: no gap.
+    plain = FairnessLoss("sex", weight=1.0)
+    assert float(plain(model, batch, 1)) == pytest.approx(ce + 0.25)
+    sharp = FairnessLoss("sex", weight=1.0, temperature=0.5)
+    assert float(sharp(model, batch, 1)) == pytest.approx(ce + 0.4)
+    with pytest.raises(ConfigError, match="temperature"):
+        FairnessLoss("sex", temperature=0.0)

@@ -11,12 +11,15 @@ demographic-parity and equalized-odds differences), with bootstrap confidence in
 `bootstrap` > 0 (small test splits such as German credit's). The repair loss is cross-entropy
 plus `weight` x a differentiable gap between the groups' mean predicted probability of the
 positive class: overall (demographic parity) or within each true label (equalized odds: the
-TPR and FPR gaps, summed, which bounds fairlearn's worst case of the two).
+TPR and FPR gaps, summed, which bounds fairlearn's worst case of the two). An optional anchor
+(`anchor_weight`) holds each true label's overall mean P(positive) at the original model's, so
+the gap closes by moving the groups towards each other rather than both down.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from typing import Any
@@ -91,8 +94,34 @@ def fairness_gap(
     return gap
 
 
+def anchor_gap(score: torch.Tensor, reference: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Squared difference between the mean of `score` and of `reference` (the original model's
+    scores on the same rows) within each true label, summed over the labels the batch holds:
+    how far the overall smooth TPR (label 1) and FPR (label 0) have moved."""
+    anchor = score.sum() * 0.0
+    for label in (0, 1):
+        cell = y == label
+        if cell.any():
+            anchor = anchor + (score[cell].mean() - reference[cell].mean()) ** 2
+    return anchor
+
+
 class FairnessLoss:
-    """`ce_weight` x cross-entropy + `weight` x `fairness_gap` of the batch's groups."""
+    """`ce_weight` x cross-entropy + `weight` x `fairness_gap` of the batch's groups
+    + `anchor_weight` x `anchor_gap` against the model as fine-tuning starts.
+
+    The gap alone is as low when both groups' rates fall to the lower one ("levelling down")
+    as when they meet in between. The anchor keeps each true label's overall mean P(positive),
+    the smooth overall TPR and FPR, where the original model had it on the same inputs, so the
+    gap can only close by raising one group's rate as the other's falls (weighted by group size:
+    the larger group moves less). It compares with the original on the batch itself (a frozen
+    copy taken in `attach`) rather than with a target rate fixed once, so it carries no batch
+    sampling noise; squared, so it is smooth and vanishes at the start. With a method that
+    prunes first, the reference is the pruned model. `anchor_weight=0`: no anchor, no copy.
+
+    `temperature` sharpens the score the gap and the anchor see, softmax(logits / temperature)
+    of the positive class (1: the predicted probability): below 1 a group's mean score comes
+    closer to its thresholded rate, which fairlearn's metrics count."""
 
     def __init__(
         self,
@@ -100,23 +129,49 @@ class FairnessLoss:
         penalty: str = "equalized_odds",
         weight: float = 1.0,
         ce_weight: float = 1.0,
+        anchor_weight: float = 0.0,
+        temperature: float = 1.0,
     ) -> None:
         if penalty not in tuple(p.value for p in Penalty):
             raise ConfigError(
                 f"objective.loss.penalty must be one of {[p.value for p in Penalty]}; "
                 f"got {penalty!r}"
             )
+        if anchor_weight < 0 or temperature <= 0:
+            raise ConfigError(
+                "objective.loss.anchor_weight must be >= 0 and temperature > 0; got "
+                f"{anchor_weight}, {temperature}"
+            )
+        self.temperature = temperature
         self.attribute, self.penalty = attribute, penalty
-        self.weight, self.ce_weight = weight, ce_weight
+        self.weight, self.ce_weight, self.anchor_weight = weight, ce_weight, anchor_weight
+        self.reference: nn.Module | None = None
 
-    def attach(self, model: nn.Module) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def attach(self, model: nn.Module):
+        """Hold a frozen copy of `model` (its scores are the anchor's reference) while
+        fine-tuning runs; nothing when there is no anchor."""
+        if not self.anchor_weight:
+            yield
+            return
+        self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        try:
+            yield
+        finally:
+            self.reference = None
 
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         logits = model(batch.x)
-        score = logits.softmax(-1)[:, 1]
+        score = (logits / self.temperature).softmax(-1)[:, 1]
         gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
-        return self.ce_weight * nn.functional.cross_entropy(logits, batch.y) + self.weight * gap
+        loss = self.ce_weight * nn.functional.cross_entropy(logits, batch.y) + self.weight * gap
+        if self.anchor_weight:
+            if self.reference is None:
+                raise RuntimeError("an anchored FairnessLoss is called inside `attach(model)`")
+            with torch.no_grad():
+                reference = (self.reference(batch.x) / self.temperature).softmax(-1)[:, 1]
+            loss = loss + self.anchor_weight * anchor_gap(score, reference, batch.y)
+        return loss
 
 
 def fairness_metrics(y_true: np.ndarray, y_pred: np.ndarray, group: np.ndarray) -> dict[str, Any]:

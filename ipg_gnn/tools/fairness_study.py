@@ -88,28 +88,33 @@ def score(
 
 
 def gather(directory: Path) -> list[dict[str, Any]]:
-    """Every repair job under `directory`: its penalty weight and report."""
+    """Every repair job under `directory`: its penalty and anchor weights and report."""
     jobs = []
     for path in sorted(directory.glob("**/repair_report.json")):
         cfg = OmegaConf.load(path.parent / "repair_config.yaml")
-        jobs.append(
-            {"weight": float(cfg.objective.loss.weight), "cfg": cfg, **json.loads(path.read_text())}
-        )
+        loss = cfg.objective.loss
+        weights = {"weight": float(loss.weight), "anchor": float(loss.get("anchor_weight", 0.0))}
+        jobs.append({**weights, "cfg": cfg, **json.loads(path.read_text())})
     if not jobs:
         raise FileNotFoundError(f"no repair_report.json under {directory}")
-    return sorted(jobs, key=lambda j: j["weight"])
+    return sorted(jobs, key=lambda j: (j["anchor"], j["weight"]))
+
+
+def setting(job: Mapping[str, Any]) -> float | str:
+    """A repair job's setting: its penalty weight, with its anchor weight when it has one."""
+    return f"{job['weight']:g}, anchor {job['anchor']:g}" if job["anchor"] else job["weight"]
 
 
 def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[dict[str, Any]]]:
     """Per repair method (named `<method>, <label>` when a label is given), one point per
-    penalty weight (a random plan: the mean of its draws' numbers)."""
+    penalty (and anchor) weight (a random plan: the mean of its draws' numbers)."""
     curves: dict[str, list[dict[str, Any]]] = {}
     for job in jobs:
         for method, key in REPAIR_ROWS.items():
             row = job[key] if key == "after" else job["baselines"].get(key)
             if row is not None:
                 name = f"{method}, {label}" if label else method
-                curves.setdefault(name, []).append({"setting": job["weight"], **row})
+                curves.setdefault(name, []).append({"setting": setting(job), **row})
     return curves
 
 
@@ -194,6 +199,35 @@ def choose(points: Sequence[Mapping], val_acc: float, tolerance: float) -> Mappi
     return min(fit, key=lambda p: p["val"]["eo_diff"]) if fit else None
 
 
+def pareto_front(points: Sequence[Mapping]) -> np.ndarray:
+    """The (test EO difference, test accuracy) points no other point beats on both, by EO."""
+    front: list[tuple[float, float]] = []
+    for eo, acc in sorted((p["test"]["eo_diff"], p["test"]["clean_acc"]) for p in points):
+        if not front or acc > front[-1][1]:
+            front.append((eo, acc))
+    return np.array(front)
+
+
+def frontier_gap(points: Sequence[Mapping], others: Sequence[Mapping]) -> dict[str, Any]:
+    """Each of `points`' test accuracy minus the Pareto front of `others` (linear between its
+    points) at the same test EO difference, for the points within the front's EO range: > 0
+    where `points` trade accuracy for fairness better. A description of the curves (test
+    numbers), not a choice."""
+    front = pareto_front(others)
+    gaps = [
+        p["test"]["clean_acc"] - float(np.interp(p["test"]["eo_diff"], front[:, 0], front[:, 1]))
+        for p in points
+        if front[0, 0] <= p["test"]["eo_diff"] <= front[-1, 0]
+    ]
+    return {
+        "mean": float(np.mean(gaps)) if gaps else None,
+        "n": len(gaps),
+        "of": len(points),
+        "lowest_eo": float(min(p["test"]["eo_diff"] for p in points)),
+        "others_lowest_eo": float(front[0, 0]),
+    }
+
+
 def plot_tradeoff(curves: Mapping[str, Sequence[Mapping]], before: Mapping, path: Path) -> Path:
     """Test accuracy against test EO difference of every point of every method."""
     fig, ax = plt.subplots(figsize=(7, 5))
@@ -264,6 +298,17 @@ def study(
     chosen = {
         m: choose(points, before["val"]["clean_acc"], tolerance) for m, points in curves.items()
     }
+    against_random = {
+        m: frontier_gap(points, curves[m.replace("targeted", "random", 1)])
+        for m, points in curves.items()
+        if m.startswith("targeted") and m.replace("targeted", "random", 1) in curves
+    }
+    reductions = curves["reductions (ExpGrad, logistic)"]
+    against_reductions = {
+        m: frontier_gap([p], reductions)
+        for m, p in chosen.items()
+        if p is not None and m.split(",")[0] in REPAIR_ROWS
+    }
     result = {
         "directories": [str(d) for d in directories],
         "train_dir": first["train_dir"],
@@ -272,10 +317,12 @@ def study(
         "before": before,
         "curves": curves,
         "chosen": chosen,
+        "against_random": against_random,
+        "against_reductions": against_reductions,
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "study.json").write_text(json.dumps(result, indent=2))
-    (out / "study.md").write_text(markdown(result))
+    (out / "study.md").write_text(markdown(result) + "\n" + points_markdown(result))
     plot_tradeoff(curves, before, out / "tradeoff.png")
     models = {"original": before} | {
         m: p["test"] for m, p in chosen.items() if p and "by_group" in p["test"]
@@ -300,8 +347,8 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
         f"validation part (n = {before['val']['n']}; lowest EO diff with accuracy within "
-        f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (repairs) or "
-        "constraint bound (reductions).",
+        f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (and anchor "
+        "weight, if any; repairs) or constraint bound (reductions).",
         "",
         "| model | setting | accuracy | EO diff | DP diff | params changed | val accuracy "
         "| val EO diff |",
@@ -320,6 +367,60 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"{'-' if changed is None else f'{changed:.1%}'} | {v['clean_acc']:.2%} | "
             f"{v['eo_diff']:.3f} |"
         )
+    if result.get("against_random"):
+        lines += [
+            "",
+            "Targeted against random plans (mean of draws) on test, every point of a sweep: "
+            "targeted accuracy minus the random points' Pareto front at equal EO difference "
+            "(mean over the targeted points within the front's EO range), and each curve's "
+            "lowest EO difference.",
+            "",
+            "| sweep | accuracy vs random front | points compared | lowest EO targeted / random |",
+            "|---|---|---|---|",
+        ]
+        for name, g in result["against_random"].items():
+            gap = "-" if g["mean"] is None else f"{100 * g['mean']:+.2f} points"
+            lines.append(
+                f"| {name} | {gap} | {g['n']} of {g['of']} | {g['lowest_eo']:.3f} / "
+                f"{g['others_lowest_eo']:.3f} |"
+            )
+    if result.get("against_reductions"):
+        lines += [
+            "",
+            "Each chosen repair against fairlearn's reductions on test: its accuracy minus the "
+            "Pareto front of ExpGrad's points at the same EO difference (outside: its EO "
+            "difference is outside the range of ExpGrad's front).",
+            "",
+            "| model | accuracy vs reductions front |",
+            "|---|---|",
+        ]
+        for name, g in result["against_reductions"].items():
+            gap = "outside" if g["mean"] is None else f"{100 * g['mean']:+.2f} points"
+            lines.append(f"| {name} | {gap} |")
+    return "\n".join(lines) + "\n"
+
+
+def points_markdown(result: Mapping[str, Any]) -> str:
+    """Every point of every curve: test numbers (with each group's TPR, which shows whether a
+    gap closed by raising one group's rate or lowering both) and validation numbers."""
+    lines = [
+        "## Every point",
+        "",
+        "| method | setting | accuracy | EO diff | DP diff | TPR (priv / unpriv) | val accuracy "
+        "| val EO diff | params changed |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, points in result["curves"].items():
+        for p in points:
+            t, v = p["test"], p["val"]
+            groups = t.get("by_group", {})
+            tpr = " / ".join(f"{groups[g]['tpr']:.1%}" for g in GROUPS) if groups else "-"
+            changed = p.get("params_changed_fraction")
+            lines.append(
+                f"| {name} | {p['setting']} | {t['clean_acc']:.2%} | {t['eo_diff']:.3f} | "
+                f"{t['dp_diff']:.3f} | {tpr} | {v['clean_acc']:.2%} | {v['eo_diff']:.3f} | "
+                f"{'-' if changed is None else f'{changed:.1%}'} |"
+            )
     return "\n".join(lines) + "\n"
 
 
