@@ -368,36 +368,46 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"{v['eo_diff']:.3f} |"
         )
     if result.get("against_random"):
-        lines += [
-            "",
+        lines += table_section(
             "Targeted against random plans (mean of draws) on test, every point of a sweep: "
             "targeted accuracy minus the random points' Pareto front at equal EO difference "
             "(mean over the targeted points within the front's EO range), and each curve's "
             "lowest EO difference.",
-            "",
-            "| sweep | accuracy vs random front | points compared | lowest EO targeted / random |",
-            "|---|---|---|---|",
-        ]
-        for name, g in result["against_random"].items():
-            gap = "-" if g["mean"] is None else f"{100 * g['mean']:+.2f} points"
-            lines.append(
-                f"| {name} | {gap} | {g['n']} of {g['of']} | {g['lowest_eo']:.3f} / "
-                f"{g['others_lowest_eo']:.3f} |"
-            )
+            ["sweep", "accuracy vs random front", "points compared", "lowest EO targeted / random"],
+            [
+                [
+                    name,
+                    "-" if g["mean"] is None else f"{100 * g['mean']:+.2f} points",
+                    f"{g['n']} of {g['of']}",
+                    f"{g['lowest_eo']:.3f} / {g['others_lowest_eo']:.3f}",
+                ]
+                for name, g in result["against_random"].items()
+            ],
+        )
     if result.get("against_reductions"):
-        lines += [
-            "",
+        lines += table_section(
             "Each chosen repair against fairlearn's reductions on test: its accuracy minus the "
             "Pareto front of ExpGrad's points at the same EO difference (outside: its EO "
             "difference is outside the range of ExpGrad's front).",
-            "",
-            "| model | accuracy vs reductions front |",
-            "|---|---|",
-        ]
-        for name, g in result["against_reductions"].items():
-            gap = "outside" if g["mean"] is None else f"{100 * g['mean']:+.2f} points"
-            lines.append(f"| {name} | {gap} |")
+            ["model", "accuracy vs reductions front"],
+            [
+                [name, "outside" if g["mean"] is None else f"{100 * g['mean']:+.2f} points"]
+                for name, g in result["against_reductions"].items()
+            ],
+        )
     return "\n".join(lines) + "\n"
+
+
+def table_section(intro: str, head: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A paragraph and its markdown table, as lines to append to a report."""
+    return [
+        "",
+        intro,
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def points_markdown(result: Mapping[str, Any]) -> str:
