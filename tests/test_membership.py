@@ -181,7 +181,9 @@ def test_repair_audit_rows_name_models_as_the_report_does_and_average_draws():
     from ipg_gnn.tools.membership_audit import audit_row, draw_means
 
     def audited(member_acc: float, aucs: dict[str, float]) -> dict:
-        attacks = {k: {"auc": v, "tpr_at_0.01fpr": v / 10} for k, v in aucs.items()}
+        attacks = {
+            k: {"auc": v, "val_auc": 1 - v / 2, "tpr_at_0.01fpr": v / 10} for k, v in aucs.items()
+        }
         return {
             "generalisation": {"member": {"accuracy": member_acc}, "nonmember": {"accuracy": 0.9}},
             "attacks": attacks,
@@ -200,6 +202,8 @@ def test_repair_audit_rows_name_models_as_the_report_does_and_average_draws():
         ),
     }
     assert rows["random_0"]["strongest"] == "lira" and rows["random_1"]["strongest"] == "loss"
+    # Validation's strongest attack is found on its own: here the weakest on test.
+    assert rows["random_0"]["strongest_val_auc"] == pytest.approx(0.7)
     mean = draw_means(rows)["random (mean of 2)"]
     # The mean of each draw's strongest AUC (0.7, 0.6), not the strongest of the mean AUCs.
     assert mean["strongest_auc"] == pytest.approx(0.65)
@@ -343,6 +347,8 @@ def test_membership_audit_runs_end_to_end(tmp_path):
         "lira_fixed_variance",
     }
     assert all(a["n_members"] == a["n_nonmembers"] == 90 for a in attacks.values())
+    # Oriented on ipg_val, so no attack scores below chance there.
+    assert all(0.5 <= a["val_auc"] <= 1 for a in attacks.values())
     assert result["generalisation"]["member"]["n"] == 300
     saved = json.loads((tmp_path / "audit/membership_audit.json").read_text())
     assert saved["strongest_baseline"] in attacks
