@@ -32,6 +32,11 @@ class Level(str, Enum):
     NODE = "node"
     EDGE = "edge"
 
+    @property
+    def pool_key(self) -> str:
+        """Where a layer's ranking keeps this level's candidates."""
+        return "units" if self is Level.NODE else "edges"
+
 
 class PlanError(UserError, ValueError):
     """A repair plan cannot be made or applied as asked."""
@@ -169,7 +174,7 @@ def arbitrary_targets(
 ) -> dict[str, int]:
     """Per layer, how many chosen targets score the same as the best candidate left out: a
     stable sort took them in index order, so the attribution did not choose them."""
-    pool_key = "units" if Level(level) is Level.NODE else "edges"
+    pool_key = Level(level).pool_key
     counts = {}
     for name, chosen in targets.items():
         pool = ranked[name][pool_key]
@@ -192,8 +197,8 @@ def choose_targets(
     (`rank_layers`, or a saved plan's `layers`)."""
     if level not in tuple(Level):
         raise PlanError(f"repair level must be one of {[v.value for v in Level]}; got {level!r}")
+    pool_key = Level(level).pool_key
     level = Level(level).value
-    pool_key = "units" if level == "node" else "edges"
     # By default every layer with candidates at this level: the first weight layer has no
     # captured incoming edges unless the input features are nodes.
     chosen = list(layers) if layers else [name for name in ranked if ranked[name][pool_key]]
