@@ -42,6 +42,7 @@ from torch import nn
 from ipg_gnn.data import Images
 from ipg_gnn.jobs.repair import repair_split_parts
 from ipg_gnn.objectives.fairness import GROUPS, bootstrap_intervals, fairness_metrics
+from ipg_gnn.runs.io import atomic_write_text
 from ipg_gnn.runs.train_run import TrainRun, load_train_run
 
 matplotlib.use("Agg")
@@ -72,6 +73,7 @@ class TorchScores(BaseEstimator, ClassifierMixin):
 
 
 def features(images: Images) -> np.ndarray:
+    """The inputs as scikit-learn's feature rows (fairlearn's estimators read these)."""
     return images.x.flatten(1).numpy()
 
 
@@ -321,8 +323,8 @@ def study(
         "against_reductions": against_reductions,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "study.json").write_text(json.dumps(result, indent=2))
-    (out / "study.md").write_text(markdown(result) + "\n" + points_markdown(result))
+    atomic_write_text(json.dumps(result, indent=2), out / "study.json")
+    atomic_write_text(markdown(result) + "\n" + points_markdown(result), out / "study.md")
     plot_tradeoff(curves, before, out / "tradeoff.png")
     models = {"original": before} | {
         m: p["test"] for m, p in chosen.items() if p and "by_group" in p["test"]
