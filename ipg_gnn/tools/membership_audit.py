@@ -15,7 +15,8 @@ same member / non-member inputs of the run's IPG splits with every attack:
 
 Each attack's direction (a higher score means member, or the reverse when its validation AUC
 is below 0.5) and threshold (for balanced accuracy) are fitted on the audit's validation part
-(`ipg_val`); every number is of the test part. Writes `membership_audit.{json,md}` and the
+(`ipg_val`); every number is of the test part but `val_auc`, each attack's AUC on `ipg_val`
+(where a privacy repair's settings are chosen). Writes `membership_audit.{json,md}` and the
 ROC on log-log axes, `membership_roc.png`, into `--out` (default: the run directory).
 """
 
