@@ -13,18 +13,20 @@ from ipg_gnn.plan import RepairPlan
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import (
     LowRank,
+    MaskedFinetune,
     PlanFinetune,
     RepairContext,
     ScaleBias,
     Update,
     all_masks,
     masked_finetune,
+    params_per_target,
     plan_masks,
 )
 from ipg_gnn.repair.finetune import AnnealedTolerance, Checkpoints
 from ipg_gnn.repair.report import markdown_report
 from ipg_gnn.runs.keys import model_fingerprint
-from ipg_gnn.targets import MLP
+from ipg_gnn.targets import MLP, SmallCNN
 
 
 class CrossEntropy:
@@ -128,8 +130,8 @@ def test_plan_over_several_layers_frees_exactly_its_units(tiny):
         assert bias.nonzero().flatten().tolist() == units
     repaired, info = PlanFinetune()(ctx)
     unchanged_except(
-        model.state_dict(),
-        repaired.state_dict(),
+        dict(model.named_parameters()),
+        dict(repaired.named_parameters()),
         {f"{lay}.{kind}": units for lay, units in targets.items() for kind in ("weight", "bias")},
     )
     assert info["dof"] == info["params_allowed"] == 1 * 17 + 2 * 7 + 1 * 6
@@ -245,7 +247,7 @@ def test_lookahead_scores_a_plan_under_an_update_and_leaves_the_model(tiny):
     model, images = tiny
     snapshot = {k: v.clone() for k, v in model.state_dict().items()}
     plan = RepairPlan(model_fingerprint(model), "node", {}, {"net.1": [0, 1, 3]})
-    masks = plan_masks(model, plan, capture_plan=None)  # a node plan needs no capture plan
+    masks = plan_masks(model, plan, trace(model, images.x[:1]))
     train, val = images.subset(range(64)), images.subset(range(64, 96))
     steps = {"steps": 4, "lr": 0.05, "batch_size": 16}
     gains = {
@@ -255,3 +257,39 @@ def test_lookahead_scores_a_plan_under_an_update_and_leaves_the_model(tiny):
     assert gains["low_rank"] != gains["entries"]
     assert all(torch.equal(model.state_dict()[k], v) for k, v in snapshot.items())
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
+
+
+@pytest.mark.parametrize("update", [Update(), LowRank(rank=1), ScaleBias()], ids=type)
+def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update):
+    """A node of a conv layer is the unit with its BatchNorm folded in: the plan frees the
+    BatchNorm's scale and shift of that channel too, so pruning silences the channel (a zeroed
+    filter alone would leave the BatchNorm's shift as a constant output)."""
+    torch.manual_seed(0)
+    model = SmallCNN((1, 8, 8), 3, channels=(4, 4)).eval()
+    for bn in (model.net[1], model.net[5]):  # eval-mode statistics of a trained model
+        bn.running_mean.uniform_(-1, 1)
+        bn.bias.data.uniform_(0.5, 1.0)
+    images = Images(torch.rand(96, 1, 8, 8), torch.randint(0, 3, (96,)))
+    ctx = context(model, images, {"net.0": [1, 2]}, epochs=1)
+    masks = plan_masks(model, ctx.plan, ctx.capture_plan)
+    assert {n: int(m.sum()) for n, m in masks.items()} == {
+        "net.0.weight": 2 * 9,
+        "net.1.weight": 2,
+        "net.1.bias": 2,
+    }
+    assert params_per_target(model, ctx.capture_plan, "net.0", "node") == 9 + 2
+
+    class Prune(MaskedFinetune):
+        def targets(self, ctx, model, draw):
+            return plan_masks(model, ctx.plan, ctx.capture_plan), ctx.plan.units()
+
+    repaired, info = Prune(prune=True, update=update)(ctx)
+    with torch.no_grad():
+        channels = repaired.net[:3](images.x)  # conv, BatchNorm, ReLU
+    assert channels[:, [1, 2]].abs().max() == 0 and channels[:, [0, 3]].abs().max() > 0
+    unchanged_except(
+        dict(model.named_parameters()),
+        dict(repaired.named_parameters()),
+        {"net.0.weight": [1, 2], "net.1.weight": [1, 2], "net.1.bias": [1, 2]},
+    )
+    assert info["params_allowed"] == 2 * 11 and info["params_changed"] == 2 * 11

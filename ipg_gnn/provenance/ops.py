@@ -99,6 +99,7 @@ class CaptureOp:
     conv: dict = field(default_factory=dict)  # pads (l, r, t, b), stride, dilation, kernel, 1d
     groups: int = 1
     weight_shape: torch.Size | None = None  # the module's `.weight` shape
+    norm: str | None = None  # module path of a BatchNorm folded into this layer
 
     def stats(self, values: dict[str, torch.Tensor], out_shape: torch.Size) -> torch.Tensor:
         """S (N, Fi, K) for the recorded input values."""

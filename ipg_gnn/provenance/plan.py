@@ -27,7 +27,7 @@ import logging
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.fx
@@ -199,11 +199,12 @@ class PlanBuilder:
         self.pending[node.name] = make
         self.maps[node.name] = UnitMap(torch.empty(0, dtype=torch.long))
 
-    def fold(self, src: torch.fx.Node, bn: nn.Module, out: str) -> bool:
-        """Fold `bn` into the weight layer computing `src` if `bn` is its only user."""
+    def fold(self, src: torch.fx.Node, bn: nn.Module, out: str, path: str) -> bool:
+        """Fold `bn` (at module `path`) into the weight layer computing `src` if `bn` is its
+        only user."""
         if src.name not in self.pending or len(src.users) != 1:
             return False
-        self.add_op(self.pending.pop(src.name)(bn), src, out)
+        self.add_op(replace(self.pending.pop(src.name)(bn), norm=path), src, out)
         return True
 
     def finish(self, name: str) -> None:

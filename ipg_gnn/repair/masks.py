@@ -1,11 +1,13 @@
 """Which parameter entries a repair may change.
 
 A mask per parameter (True = may change) is built from a repair plan: for a node target, the
-unit's row of the weight (a conv filter) and its bias; for an edge target, the weights that
-carry that edge, as the capture op of its layer says (`edge_entries`: the kernel slice of a
-convolution, within the unit's group for a grouped one; the block of weights of a flattened
-channel for a dense layer after a flatten). Baselines get masks of the same kind: a whole layer,
-or every parameter.
+unit's row of the weight (a conv filter), its bias and, when a BatchNorm is folded into the
+layer, that channel's scale and shift (the IPG's node is the folded unit, so pruning it zeroes
+them too: a zeroed filter alone would leave the BatchNorm's constant); for an edge target, the
+weights that carry that edge, as the capture op of its layer says (`edge_entries`: the kernel
+slice of a convolution, within the unit's group for a grouped one; the block of weights of a
+flattened channel for a dense layer after a flatten). Baselines get masks of the same kind: a
+whole layer, or every parameter.
 """
 
 from __future__ import annotations
@@ -32,25 +34,36 @@ def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: CapturePlan) ->
     plan.check_model(model_fingerprint(model))
     masks: Masks = {}
     for layer, targets in plan.targets.items():
+        if plan.level == "node":
+            for name, p in unit_parameters(model, capture_plan, layer).items():
+                masks[name] = torch.zeros_like(p, dtype=torch.bool)
+                masks[name][list(targets)] = True
+            continue
         module = model.get_submodule(layer)
         weight = torch.zeros_like(module.weight, dtype=torch.bool)
-        bias = None if module.bias is None else torch.zeros_like(module.bias, dtype=torch.bool)
-        if plan.level == "node":
-            for unit in targets:
-                weight[unit] = True
-                if bias is not None:
-                    bias[unit] = True
-        else:
-            op = _op(capture_plan, layer)
-            for source, unit in targets:
-                try:
-                    weight |= op.edge_entries(unit, source)
-                except ValueError as e:
-                    raise PlanError(f"layer {layer}: {e}") from e
+        op = _op(capture_plan, layer)
+        for source, unit in targets:
+            try:
+                weight |= op.edge_entries(unit, source)
+            except ValueError as e:
+                raise PlanError(f"layer {layer}: {e}") from e
         masks[f"{layer}.weight"] = weight
-        if bias is not None:
-            masks[f"{layer}.bias"] = bias
+        if module.bias is not None:
+            masks[f"{layer}.bias"] = torch.zeros_like(module.bias, dtype=torch.bool)
     return masks
+
+
+def unit_parameters(
+    model: nn.Module, capture_plan: CapturePlan, layer: str
+) -> dict[str, nn.Parameter]:
+    """The parameters a node target of `layer` owns, indexed by unit along their first
+    dimension: the layer's own and those of a BatchNorm folded into it."""
+    modules = [layer] + [m for m in [_op(capture_plan, layer).norm] if m]
+    return {
+        f"{path}.{name}": p
+        for path in modules
+        for name, p in model.get_submodule(path).named_parameters(recurse=False)
+    }
 
 
 def layer_masks(model: nn.Module, layers: list[str]) -> Masks:
@@ -68,9 +81,8 @@ def all_masks(model: nn.Module) -> Masks:
 
 def params_per_target(model: nn.Module, capture_plan: CapturePlan, layer: str, level: str) -> int:
     """Parameters one node or edge target of `layer` frees."""
-    module = model.get_submodule(layer)
     if level == "node":
-        return module.weight[0].numel() + (0 if module.bias is None else 1)
+        return sum(p[0].numel() for p in unit_parameters(model, capture_plan, layer).values())
     return _op(capture_plan, layer).weights_per_edge
 
 

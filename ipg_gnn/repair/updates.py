@@ -3,7 +3,8 @@
 `Update` (the base) trains every planned entry on its own (one degree of freedom each: plain masked
 fine-tuning). `LowRank` trains a rank-`rank` product `B A` added to the planned entries of each
 planned layer's weight, and `ScaleBias` one scale per planned unit (its planned entries scaled
-together); both keep the planned biases trainable as they are. Each re-parametrises the planned
+together); both keep the planned biases (and a folded BatchNorm's planned scales and shifts)
+trainable as they are. Each re-parametrises the planned
 layers of a model copy with `torch.nn.utils.parametrize` and returns masks over the parameters
 that are trained (their `count_allowed` is the repair's trainable degrees of freedom), so
 `masked_finetune` runs them like any other masks; `bake` folds the result back into plain
@@ -89,18 +90,19 @@ class _ScaleDelta(_Delta):
 
 
 def _planned_weights(model: nn.Module, masks: Masks) -> dict[str, torch.Tensor]:
-    """Module name -> plan mask of its weight, for the weights with planned entries."""
+    """Module name -> plan mask of its weight, for the weight matrices and kernels with planned
+    entries (a BatchNorm's per-channel weight is a scale, trained as it is)."""
     return {
         name.removesuffix(".weight"): m
         for name, m in masks.items()
-        if name.endswith(".weight") and m.any()
+        if name.endswith(".weight") and m.ndim > 1 and m.any()
     }
 
 
 def _reparametrised(model: nn.Module, masks: Masks, deltas: dict[str, _Delta]) -> Masks:
     """Register each module's delta on its weight; the masks of what is trained then: the
     deltas' parameters where they act (rows of planned units), the planned biases."""
-    trained = {name: m for name, m in masks.items() if not name.endswith(".weight")}
+    trained = {name: m for name, m in masks.items() if name.removesuffix(".weight") not in deltas}
     for layer, delta in deltas.items():
         module = model.get_submodule(layer)
         delta.to(module.weight.device)

@@ -44,10 +44,10 @@ def fold_bn(
 @rule(aten._native_batch_norm_legit_no_training)
 def batch_norm(b, node: torch.fx.Node) -> None:
     """Output is (normalised, mean, invstd); only the first is a tensor of units."""
-    _, bn = b.owned(node, node.args[3], "running_mean", BATCH_NORMS)
+    path, bn = b.owned(node, node.args[3], "running_mean", BATCH_NORMS)
     out = next((u for u in node.users if u.target is operator.getitem and u.args[1] == 0), None)
     src = node.args[0]
-    if out is not None and isinstance(src, torch.fx.Node) and b.fold(src, bn, out.name):
+    if out is not None and isinstance(src, torch.fx.Node) and b.fold(src, bn, out.name, path):
         b.set(node, (b.maps[src.name], None, None))
         return
     b.set(node, (b.map(src, node), None, None))
