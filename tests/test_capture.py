@@ -289,3 +289,34 @@ def test_capture_refuses_bad_inputs_naming_the_input_and_the_expected_shape():
         capturer(torch.rand(0, 1, 4, 4))
     with pytest.raises(ValueError, match="floating-point tensor, got torch.int64"):
         capturer(torch.zeros(2, 1, 4, 4, dtype=torch.long))
+
+
+class SharedNormNet(nn.Module):
+    """One BatchNorm module called after two convs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(1, 3, 3, padding=1)
+        self.b = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn = nn.BatchNorm2d(3)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        h = torch.relu(self.bn(self.a(x)))
+        return self.fc(torch.relu(self.bn(self.b(h))).mean((2, 3)))
+
+
+def test_a_batchnorm_called_twice_is_folded_into_one_layer_only():
+    """Folding records the BatchNorm as part of the layer's units (a repair of a unit frees its
+    scale and shift), so one BatchNorm module may belong to one layer only; its second call is
+    a unit-wise scaling, and the output is still reproduced."""
+    model = _randomise_bn(SharedNormNet())
+    x = torch.rand(2, 1, 6, 6)
+    cap = IPGCapture(model, x, CaptureConfig(mode="dense"))
+    assert {op.layer.name: op.norm for op in cap.plan.ops if op.weight is not None} == {
+        "a": "bn",
+        "b": None,
+        "fc": None,
+    }
+    logits = cap(x).x[:, -2:, 0]
+    torch.testing.assert_close(logits, model(x), rtol=1e-4, atol=1e-5)

@@ -22,6 +22,7 @@ from ipg_gnn.repair import (
     masked_finetune,
     params_per_target,
     plan_masks,
+    unit_outputs,
 )
 from ipg_gnn.repair.finetune import AnnealedTolerance, Checkpoints
 from ipg_gnn.repair.report import markdown_report
@@ -259,8 +260,14 @@ def test_lookahead_scores_a_plan_under_an_update_and_leaves_the_model(tiny):
     assert not any(hasattr(m, "parametrizations") for m in model.modules())
 
 
-@pytest.mark.parametrize("update", [Update(), LowRank(rank=1), ScaleBias()], ids=type)
-def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update):
+@pytest.mark.parametrize(
+    "update, dof",
+    # Plain: 2 x (9 + 2); low rank 1: B's 2 planned rows + A's 9 columns + 4 BatchNorm entries;
+    # scale and bias: 2 scales + 4 BatchNorm entries.
+    [(Update(), 22), (LowRank(rank=1), 2 + 9 + 4), (ScaleBias(), 2 + 4)],
+    ids=lambda v: type(v).__name__ if not isinstance(v, int) else "",
+)
+def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update, dof):
     """A node of a conv layer is the unit with its BatchNorm folded in: the plan frees the
     BatchNorm's scale and shift of that channel too, so pruning silences the channel (a zeroed
     filter alone would leave the BatchNorm's shift as a constant output)."""
@@ -293,3 +300,23 @@ def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update):
         {"net.0.weight": [1, 2], "net.1.weight": [1, 2], "net.1.bias": [1, 2]},
     )
     assert info["params_allowed"] == 2 * 11 and info["params_changed"] == 2 * 11
+    # Not pruned, the folded BatchNorm's entries train as planned entries and every update
+    # reaches them; the repair loss reads the units after the BatchNorm.
+    _, info = Prune(update=update)(ctx)
+    assert info["dof"] == dof and info["params_changed"] > 0
+    assert unit_outputs(ctx.capture_plan, {"net.0": [1, 2], "net.10": [0]}) == {
+        "net.1": [1, 2],
+        "net.10": [0],
+    }
+
+
+def test_fraction_budget_of_a_node_plan_counts_the_folded_batchnorm():
+    """`repair.fraction` of a layer's parameters, the BatchNorm a node owns included: a quarter
+    of 16 first-conv channels is 4 channels."""
+    from omegaconf import OmegaConf
+
+    from ipg_gnn.jobs.repair import plan_counts
+
+    model = SmallCNN((1, 8, 8), 3, channels=(16, 4)).eval()
+    cfg = OmegaConf.create({"repair": {"k": None, "fraction": 0.25, "level": "node"}})
+    assert plan_counts(cfg, model, trace(model, torch.rand(1, 1, 8, 8)), ["net.0"]) == {"net.0": 4}

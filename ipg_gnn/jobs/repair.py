@@ -38,7 +38,7 @@ from ipg_gnn.objectives import Contrast, FitModel, Objective, Population
 from ipg_gnn.plan import PlanError, RepairPlan, choose_targets, make_plan
 from ipg_gnn.plan.plot import plot_plan
 from ipg_gnn.provenance import CapturePlan, trace
-from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target
+from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target, unit_parameters
 from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
 from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_write_text
@@ -176,8 +176,13 @@ def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[st
         if cfg.repair.k is not None:
             counts[layer] = int(cfg.repair.k)
         else:
-            total = sum(p.numel() for p in model.get_submodule(layer).parameters())
             per = params_per_target(model, capture_plan, layer, cfg.repair.level)
+            owned = (
+                unit_parameters(model, capture_plan, layer).values()
+                if cfg.repair.level == "node"
+                else model.get_submodule(layer).parameters()
+            )
+            total = sum(p.numel() for p in owned)
             counts[layer] = max(1, int(cfg.repair.fraction * total // per))
     return counts
 

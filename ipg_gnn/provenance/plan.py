@@ -175,6 +175,7 @@ class PlanBuilder:
         self.outputs: dict[str, str] = {}
         self.maps: dict[str, UnitMap | tuple[UnitMap | None, ...]] = {}
         self.pending: dict[str, MakeOp] = {}  # weight-layer node -> builds its op, given a BN
+        self.folded: set[str] = set()  # module paths of the BatchNorms folded so far
         self.adds = 0
 
     # -- layers and ops -------------------------------------------------------------------
@@ -201,9 +202,11 @@ class PlanBuilder:
 
     def fold(self, src: torch.fx.Node, bn: nn.Module, out: str, path: str) -> bool:
         """Fold `bn` (at module `path`) into the weight layer computing `src` if `bn` is its
-        only user."""
-        if src.name not in self.pending or len(src.users) != 1:
+        only user and is folded nowhere else (a BatchNorm module called twice would otherwise
+        belong to two layers' units)."""
+        if src.name not in self.pending or len(src.users) != 1 or path in self.folded:
             return False
+        self.folded.add(path)
         self.add_op(replace(self.pending.pop(src.name)(bn), norm=path), src, out)
         return True
 

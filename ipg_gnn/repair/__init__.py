@@ -9,6 +9,8 @@ from ipg_gnn.repair.masks import (
     layer_masks,
     params_per_target,
     plan_masks,
+    unit_outputs,
+    unit_parameters,
 )
 from ipg_gnn.repair.methods import (
     ActivationPatch,
@@ -45,4 +47,6 @@ __all__ = [
     "masked_finetune",
     "params_per_target",
     "plan_masks",
+    "unit_outputs",
+    "unit_parameters",
 ]

@@ -12,6 +12,8 @@ whole layer, or every parameter.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import torch
 from torch import nn
 
@@ -36,8 +38,7 @@ def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: CapturePlan) ->
     for layer, targets in plan.targets.items():
         if plan.level == "node":
             for name, p in unit_parameters(model, capture_plan, layer).items():
-                masks[name] = torch.zeros_like(p, dtype=torch.bool)
-                masks[name][list(targets)] = True
+                masks.setdefault(name, torch.zeros_like(p, dtype=torch.bool))[list(targets)] = True
             continue
         module = model.get_submodule(layer)
         weight = torch.zeros_like(module.weight, dtype=torch.bool)
@@ -64,6 +65,15 @@ def unit_parameters(
         for path in modules
         for name, p in model.get_submodule(path).named_parameters(recurse=False)
     }
+
+
+def unit_outputs(
+    capture_plan: CapturePlan, units: Mapping[str, Sequence[int]]
+) -> dict[str, list[int]]:
+    """`units` (weight layer -> unit indices) keyed by the module whose output is their value
+    in the IPG: a folded BatchNorm, else the layer itself. A loss hooking these outputs sees
+    every parameter a node target frees (the BatchNorm's scale and shift included)."""
+    return {(_op(capture_plan, layer).norm or layer): list(idx) for layer, idx in units.items()}
 
 
 def layer_masks(model: nn.Module, layers: list[str]) -> Masks:

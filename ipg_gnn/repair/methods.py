@@ -28,7 +28,14 @@ from ipg_gnn.objectives import Objective
 from ipg_gnn.plan import RepairPlan
 from ipg_gnn.provenance import CapturePlan
 from ipg_gnn.repair.finetune import changed_params, masked_finetune
-from ipg_gnn.repair.masks import Masks, all_masks, count_allowed, layer_masks, plan_masks
+from ipg_gnn.repair.masks import (
+    Masks,
+    all_masks,
+    count_allowed,
+    layer_masks,
+    plan_masks,
+    unit_outputs,
+)
 from ipg_gnn.repair.updates import Update
 from ipg_gnn.targets import accuracy
 
@@ -113,7 +120,9 @@ class MaskedFinetune(RepairMethod):
                 for name, p in model.named_parameters():
                     if name in masks:
                         p.masked_fill_(masks[name], 0.0)
-        loss = ctx.objective.repair_loss(units, ctx.seed, **self.loss)
+        loss = ctx.objective.repair_loss(
+            unit_outputs(ctx.capture_plan, units), ctx.seed, **self.loss
+        )
         trained = self.update.apply(model, masks, ctx.seed + draw)
         info = masked_finetune(
             model,
@@ -162,7 +171,9 @@ class LayerFinetune(MaskedFinetune):
     def targets(self, ctx, model, draw):
         layers = ctx.capture_plan.weight_layers()
         if self.layers == "last":
-            layers, masks = layers[-1:], layer_masks(model, layers[-1:])
+            layers = layers[-1:]
+            norm = ctx.capture_plan.op(layers[0]).norm
+            masks = layer_masks(model, layers + ([norm] if norm else []))
         else:
             masks = all_masks(model)
         units = {lay: list(range(model.get_submodule(lay).weight.shape[0])) for lay in layers}
