@@ -269,8 +269,8 @@ def test_lookahead_scores_a_plan_under_an_update_and_leaves_the_model(tiny):
 )
 def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update, dof):
     """A node of a conv layer is the unit with its BatchNorm folded in: the plan frees the
-    BatchNorm's scale and shift of that channel too, so pruning silences the channel (a zeroed
-    filter alone would leave the BatchNorm's shift as a constant output)."""
+    BatchNorm's scale and shift of that channel too, and pruning zeroes them, which silences the
+    channel (a zeroed filter alone would leave the BatchNorm's shift as a constant output)."""
     torch.manual_seed(0)
     model = SmallCNN((1, 8, 8), 3, channels=(4, 4)).eval()
     for bn in (model.net[1], model.net[5]):  # eval-mode statistics of a trained model
@@ -294,12 +294,13 @@ def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update, dof):
     with torch.no_grad():
         channels = repaired.net[:3](images.x)  # conv, BatchNorm, ReLU
     assert channels[:, [1, 2]].abs().max() == 0 and channels[:, [0, 3]].abs().max() > 0
+    # Silenced by the BatchNorm's scale and shift alone: the filters, dead, stay as they were.
     unchanged_except(
         dict(model.named_parameters()),
         dict(repaired.named_parameters()),
-        {"net.0.weight": [1, 2], "net.1.weight": [1, 2], "net.1.bias": [1, 2]},
+        {"net.1.weight": [1, 2], "net.1.bias": [1, 2]},
     )
-    assert info["params_allowed"] == 2 * 11 and info["params_changed"] == 2 * 11
+    assert info["params_allowed"] == 2 * 11 and info["params_changed"] == 2 * 2
     # Not pruned, the folded BatchNorm's entries train as planned entries and every update
     # reaches them; the repair loss reads the units after the BatchNorm.
     _, info = Prune(update=update)(ctx)
@@ -320,3 +321,26 @@ def test_fraction_budget_of_a_node_plan_counts_the_folded_batchnorm():
     model = SmallCNN((1, 8, 8), 3, channels=(16, 4)).eval()
     cfg = OmegaConf.create({"repair": {"k": None, "fraction": 0.25, "level": "node"}})
     assert plan_counts(cfg, model, trace(model, torch.rand(1, 1, 8, 8)), ["net.0"]) == {"net.0": 4}
+
+
+def test_per_layer_counts_and_their_check():
+    """`repair.k` as a list gives each listed layer its own count; a list without a matching
+    `repair.layer` list is refused before any work, as is a list item that is not a count."""
+    from omegaconf import OmegaConf
+
+    from ipg_gnn.jobs.checks import ConfigError, RepairSettings, check_settings
+    from ipg_gnn.jobs.repair import check_counts, plan_counts
+
+    model = SmallCNN((1, 8, 8), 3, channels=(16, 4)).eval()
+    cfg = OmegaConf.create({"repair": {"k": [1, 3], "layer": ["net.0", "net.4"], "level": "node"}})
+    check_counts(cfg)
+    capture_plan = trace(model, torch.rand(1, 1, 8, 8))
+    assert plan_counts(cfg, model, capture_plan, ["net.0", "net.4"]) == {"net.0": 1, "net.4": 3}
+    cfg.repair.layer = "net.0"
+    with pytest.raises(ConfigError, match="repair.layer must list 2 layers"):
+        check_counts(cfg)
+    cfg.repair.k = [1, 0]
+    with pytest.raises(
+        ConfigError, match=r"repair.k=.*a list whose items are each an integer >= 1"
+    ):
+        check_settings(cfg, RepairSettings)

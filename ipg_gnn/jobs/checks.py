@@ -130,7 +130,7 @@ class FinetuneSettings:
 class RepairPlanSettings:
     level: Literal["node", "edge"]
     fraction: Annotated[float, Bound(0, 1, low_open=True, why="the share of each layer's params")]
-    k: PositiveInt | None
+    k: PositiveInt | list[PositiveInt] | None
     val_fraction: Annotated[float, Bound(0, 1, low_open=True, high_open=True)]
     finetune: FinetuneSettings
 
@@ -185,6 +185,12 @@ def _violation(value: Any, kind: Any) -> str | None:
         if any(w is None for w in wrongs):
             return None
         return ("null or " if type(None) in options else "") + " or ".join(map(str, wrongs))
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if not OmegaConf.is_list(value) and not isinstance(value, list):
+            return "a list"
+        wrongs = [w for v in value if (w := _violation(v, item)) is not None]
+        return f"a list whose items are each {wrongs[0]}" if wrongs else None
     if kind is bool:
         return None if isinstance(value, bool) else "true or false"
     number = isinstance(value, int | float) and not isinstance(value, bool)

@@ -170,11 +170,13 @@ class RepairSplitSource:
 
 
 def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:
-    """Targets per layer: `repair.k`, or `repair.fraction` of each layer's parameters."""
+    """Targets per layer: `repair.k` (one number for every layer, or a list matching
+    `repair.layer`), or `repair.fraction` of each layer's parameters."""
+    k = cfg.repair.k
     counts = {}
-    for layer in layers:
-        if cfg.repair.k is not None:
-            counts[layer] = int(cfg.repair.k)
+    for i, layer in enumerate(layers):
+        if k is not None:
+            counts[layer] = int(k[i] if OmegaConf.is_list(k) else k)
         else:
             per = params_per_target(model, capture_plan, layer, cfg.repair.level)
             owned = (
@@ -185,6 +187,17 @@ def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[st
             total = sum(p.numel() for p in owned)
             counts[layer] = max(1, int(cfg.repair.fraction * total // per))
     return counts
+
+
+def check_counts(cfg: DictConfig) -> None:
+    """`repair.k` as a list gives one count per layer of `repair.layer`, which must list as
+    many (checked before any work)."""
+    k, layer = cfg.repair.k, cfg.repair.layer
+    if OmegaConf.is_list(k) and not (OmegaConf.is_list(layer) and len(layer) == len(k)):
+        raise ConfigError(
+            f"repair.k={list(k)} gives one count per layer: repair.layer must list {len(k)} "
+            f"layers; got {layer}"
+        )
 
 
 def planned_layers(cfg: DictConfig, repairable: list[str]) -> list[str]:
@@ -316,6 +329,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     `repair_report.{json,md}` and
     `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
     check_settings(cfg, RepairSettings)
+    check_counts(cfg)
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
     run = load_train_run(train_dir)
     cfg = copy.deepcopy(cfg)

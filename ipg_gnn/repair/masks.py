@@ -67,6 +67,23 @@ def unit_parameters(
     }
 
 
+def pruned_entries(masks: Masks, capture_plan: CapturePlan) -> Masks:
+    """What pruning zeroes: every planned entry, except that a unit whose folded BatchNorm
+    scale and shift are planned is silenced by zeroing those two alone (its output is then
+    exactly 0, as channel pruning at the BatchNorm does), so its weights stay as they were."""
+    zeroed = dict(masks)
+    for layer in capture_plan.weight_layers():
+        norm = capture_plan.op(layer).norm
+        silenced = masks.get(f"{norm}.weight") if norm else None
+        if silenced is None:
+            continue
+        for name in (f"{layer}.weight", f"{layer}.bias"):
+            if name in zeroed:
+                rows = silenced.reshape(-1, *[1] * (zeroed[name].ndim - 1))
+                zeroed[name] = zeroed[name] & ~rows
+    return zeroed
+
+
 def unit_outputs(
     capture_plan: CapturePlan, units: Mapping[str, Sequence[int]]
 ) -> dict[str, list[int]]:

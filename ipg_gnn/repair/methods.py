@@ -34,6 +34,7 @@ from ipg_gnn.repair.masks import (
     count_allowed,
     layer_masks,
     plan_masks,
+    pruned_entries,
     unit_outputs,
 )
 from ipg_gnn.repair.updates import Update
@@ -96,7 +97,8 @@ class RepairMethod(ABC):
 
 class MaskedFinetune(RepairMethod):
     """Fine-tuning of the entries `targets` allows, with the objective's repair loss. `prune`:
-    those entries are zeroed first, so what they carried is removed and only what the repair
+    those entries are zeroed first (a unit with a folded BatchNorm is silenced by its scale and
+    shift alone: `pruned_entries`), so what they carried is removed and only what the repair
     loss's data needs grows back (a fault no repair input exercises gets no gradient, so
     fine-tuning alone leaves it where it is). `update`: how the allowed entries change (default
     each on its own; `LowRank`, `ScaleBias`: fewer trainable degrees of freedom, reported as
@@ -116,10 +118,11 @@ class MaskedFinetune(RepairMethod):
         model = copy.deepcopy(ctx.model)
         masks, units = self.targets(ctx, model, draw)
         if self.prune:
+            zeroed = pruned_entries(masks, ctx.capture_plan)
             with torch.no_grad():
                 for name, p in model.named_parameters():
-                    if name in masks:
-                        p.masked_fill_(masks[name], 0.0)
+                    if name in zeroed:
+                        p.masked_fill_(zeroed[name], 0.0)
         loss = ctx.objective.repair_loss(
             unit_outputs(ctx.capture_plan, units), ctx.seed, **self.loss
         )
