@@ -2,12 +2,12 @@
 
 A mask per parameter (True = may change) is built from a repair plan: for a node target, the
 unit's row of the weight (a conv filter), its bias and, when a BatchNorm is folded into the
-layer, that channel's scale and shift (the IPG's node is the folded unit, so pruning it zeroes
-them too: a zeroed filter alone would leave the BatchNorm's constant); for an edge target, the
-weights that carry that edge, as the capture op of its layer says (`edge_entries`: the kernel
-slice of a convolution, within the unit's group for a grouped one; the block of weights of a
-flattened channel for a dense layer after a flatten). Baselines get masks of the same kind: a
-whole layer, or every parameter.
+layer, that channel's scale and shift (the IPG's node is the folded unit: pruning silences it
+through them, where a zeroed filter alone would leave the BatchNorm's constant); for an edge
+target, the weights that carry that edge, as the capture op of its layer says (`edge_entries`:
+the kernel slice of a convolution, within the unit's group for a grouped one; the block of
+weights of a flattened channel for a dense layer after a flatten). Baselines get masks of the
+same kind: a whole layer, or every parameter.
 """
 
 from __future__ import annotations

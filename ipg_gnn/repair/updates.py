@@ -4,13 +4,12 @@
 fine-tuning). `LowRank` trains a rank-`rank` product `B A` added to the planned entries of each
 planned layer's weight, and `ScaleBias` one scale per planned unit (its planned entries scaled
 together); both keep the planned biases (and a folded BatchNorm's planned scales and shifts)
-trainable as they are. Each re-parametrises the planned
-layers of a model copy with `torch.nn.utils.parametrize` and returns masks over the parameters
-that are trained (their `count_allowed` is the repair's trainable degrees of freedom), so
-`masked_finetune` runs them like any other masks; `bake` folds the result back into plain
-weights, so the repaired model has the original architecture and its changed weights are
-counted entry by entry against the original. The delta is always multiplied by the weight's
-plan mask, so nothing outside the plan ever changes.
+trainable as they are. Each re-parametrises the planned layers of a model copy with
+`torch.nn.utils.parametrize` and returns masks over the parameters that are trained (their
+`count_allowed` is the repair's trainable degrees of freedom), so `masked_finetune` runs them like
+any other masks; `bake` folds the result back into plain weights, so the repaired model has the
+original architecture and its changed weights are counted entry by entry against the original. The
+delta is always multiplied by the weight's plan mask, so nothing outside the plan ever changes.
 """
 
 from __future__ import annotations
