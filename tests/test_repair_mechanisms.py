@@ -265,7 +265,7 @@ def test_lookahead_scores_a_plan_under_an_update_and_leaves_the_model(tiny):
     # Plain: 2 x (9 + 2); low rank 1: B's 2 planned rows + A's 9 columns + 4 BatchNorm entries;
     # scale and bias: 2 scales + 4 BatchNorm entries.
     [(Update(), 22), (LowRank(rank=1), 2 + 9 + 4), (ScaleBias(), 2 + 4)],
-    ids=lambda v: type(v).__name__ if not isinstance(v, int) else "",
+    ids=["entries", "low_rank", "scale_bias"],
 )
 def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update, dof):
     """A node of a conv layer is the unit with its BatchNorm folded in: the plan frees the
