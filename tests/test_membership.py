@@ -165,7 +165,7 @@ def test_repair_set_holds_every_member_and_as_many_held_out_inputs():
             identity.bias.zero_()
         return torch.nn.Sequential(torch.nn.Flatten(), identity).eval()
 
-    repair_set = objective.repair_set(fine_tune, inputs, fit, seed=0)
+    repair_set = objective.repair_set(fine_tune, inputs, fit, seed=0, model=torch.nn.Flatten())
     member = repair_set.groups[MEMBER]
     assert len(repair_set) == 60 and int(member.sum()) == 30
     members = inputs("target_train").images

@@ -353,7 +353,7 @@ def _repair(
     objective, methods, attributor = components
     fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
     fine_tune = objective.repair_set(
-        fine_tune, split_inputs(run.data, run.splits), reference_fitter(run), cfg.seed
+        fine_tune, split_inputs(run.data, run.splits), reference_fitter(run), cfg.seed, run.model
     )
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
     record.add("repair_config.yaml")
@@ -395,6 +395,7 @@ def _repair(
         run.model, plan, capture_plan, fine_tune, val, objective, finetune, cfg.seed
     )
     results, models = run_methods(methods, ctx, evaluate, original_examples, clock)
+    objective_notes = objective.repair_artifacts(out)
     arch = target_arch(run.cfg, run.data)
     targeted = models.pop("targeted")
     save_checkpoint(out / "repaired.pt", targeted, arch, {"plan": str(out / "repair_plan.json")})
@@ -418,6 +419,7 @@ def _repair(
             "arbitrary_targets": plan.provenance.get("arbitrary_targets", {}),
         },
         "timing_s": clock.seconds,
+        **({"objective": objective_notes} if objective_notes else {}),
     }
     atomic_write_text(json.dumps(report, indent=2), out / "repair_report.json")
     atomic_write_text(markdown_report(report, objective), out / "repair_report.md")

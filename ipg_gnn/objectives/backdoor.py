@@ -10,16 +10,20 @@ same inputs with the trigger; a triggered input of another class that the model 
 model classifies as `target_class`.
 
 Repair minimises cross-entropy on clean inputs of the repair split: the defender does not know
-the trigger (the default, trigger-free setting). With `consistency_weight` > 0 it also pulls the
-repaired units' outputs on triggered inputs toward their clean values: the setting in which the
-defender holds triggered versions of its inputs (here made with the true trigger, standing in for
-a set of detected or reverse-engineered triggered inputs); it is an upper bound, not a defence a
-trigger-blind defender can run.
+the trigger (the default, trigger-free setting). Two terms use stamped versions of those inputs:
+`consistency_weight` pulls the repaired units' outputs on them toward their clean values, and
+`unlearning_weight` asks for their true labels (Neural Cleanse's unlearning). The loss's `stamp`
+says which stamp: `known`, the true trigger (an upper bound: a trigger-blind defender cannot run
+it), or `reversed`, the stamp reverse-engineered from the original model on the repair split's
+clean fine-tuning inputs (`reversal` settings, :mod:`ipg_gnn.objectives.trigger_reversal`): the
+suspect class's smallest stamp, which a defender who knows neither the trigger nor the target
+class can make.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +32,16 @@ from art.attacks.poisoning import PoisoningAttackBackdoor
 from torch import nn
 
 from ipg_gnn.data import Images
-from ipg_gnn.objectives.base import ConsistencyLoss, Contrast, Contrasted, Objective
+from ipg_gnn.errors import ConfigError
+from ipg_gnn.objectives.base import (
+    ConsistencyLoss,
+    Contrast,
+    Contrasted,
+    FitModel,
+    Objective,
+    SplitInputs,
+)
+from ipg_gnn.objectives.trigger_reversal import Reversal, reverse_engineer
 from ipg_gnn.runs.keys import config_key
 from ipg_gnn.targets import accuracy, predict
 
@@ -71,34 +84,39 @@ class TriggerContrast(Contrast):
 
 
 class BackdoorLoss(ConsistencyLoss):
-    """Cross-entropy on clean inputs, plus (`consistency_weight` > 0) the squared distance of
-    the repaired `units`' outputs on triggered inputs to their clean outputs."""
+    """Cross-entropy on clean inputs, plus two terms on the same inputs stamped by `stamp`:
+    (`consistency_weight` > 0) the squared distance of the repaired `units`' outputs to their
+    clean outputs, and (`unlearning_weight` > 0) cross-entropy against the true labels."""
 
     def __init__(
         self,
-        trigger: Trigger,
+        stamp: Callable[[torch.Tensor], torch.Tensor],
         units: Mapping[str, Sequence[int]],
         clean_weight: float = 1.0,
         consistency_weight: float = 0.0,
+        unlearning_weight: float = 0.0,
     ) -> None:
-        self.trigger, self.clean_weight = trigger, clean_weight
+        self.stamp, self.clean_weight = stamp, clean_weight
+        self.unlearning_weight = unlearning_weight
         super().__init__(units, consistency_weight)
 
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         x, y = batch.x, batch.y
         loss = self.clean_weight * nn.functional.cross_entropy(model(x), y)
-        if not self.consistency.weight:
+        if not (self.consistency.weight or self.unlearning_weight):
             return loss
         clean = self.consistency.clean()
-        model(self.trigger(x))
-        return loss + self.consistency(clean)
+        stamped = model(self.stamp(x))
+        unlearning = self.unlearning_weight * nn.functional.cross_entropy(stamped, y)
+        return loss + unlearning + self.consistency(clean)
 
 
 class Backdoor(Objective):
     """Clean vs triggered inputs of a target trained on poisoned data. `trigger`: an ART
     perturbation (a callable on numpy images); `target_class`: the label poisoned inputs get;
     `poison_fraction`: of the training set; `loss`: the repair loss's default settings (see
-    :class:`BackdoorLoss`)."""
+    :class:`BackdoorLoss`; `stamp`: `known` or `reversed`); `reversal`: settings of
+    :func:`reverse_engineer`, run when a repair loss first asks for the reversed stamp."""
 
     reference = "clean"
     noun = "trigger"
@@ -108,7 +126,8 @@ class Backdoor(Objective):
         trigger: Callable[[np.ndarray], np.ndarray],
         target_class: int = 0,
         poison_fraction: float = 0.1,
-        loss: Mapping[str, float] | None = None,
+        loss: Mapping[str, Any] | None = None,
+        reversal: Mapping[str, Any] | None = None,
     ) -> None:
         if not 0 <= poison_fraction < 1:
             raise ValueError(f"poison_fraction must be in [0, 1); got {poison_fraction}")
@@ -116,6 +135,9 @@ class Backdoor(Objective):
         self.target_class, self.poison_fraction = target_class, poison_fraction
         self.key = config_key({**self.trigger.settings, "target_class": target_class})[:8]
         self.loss = dict(loss or {})
+        self.reversal_settings = dict(reversal or {})
+        self.reversal: Reversal | None = None  # made on first use by reversed_trigger
+        self.reversal_source: tuple[nn.Module, torch.Tensor, int] | None = None
 
     def contrasts(self) -> dict[str, Contrast]:
         return {"triggered": TriggerContrast(self.trigger, self.target_class, self.key)}
@@ -169,10 +191,44 @@ class Backdoor(Objective):
             "test/triggered_acc": report["triggered_acc"],
         }
 
+    def repair_set(
+        self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int, model: nn.Module
+    ) -> Images:
+        """The fine-tuning part as it is; the original `model` and these clean inputs are kept
+        for the reversal a loss with `stamp: reversed` asks for."""
+        self.reversal_source = (model, fine_tune.x, seed)
+        return fine_tune
+
+    def reversed_trigger(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The suspect class's stamp from Neural Cleanse on the original model and the clean
+        fine-tuning inputs (every class tried: the defender does not know the target class),
+        run once per repair."""
+        if self.reversal is None:
+            if self.reversal_source is None:
+                raise ConfigError("a reversed stamp needs Backdoor.repair_set first")
+            model, x, seed = self.reversal_source
+            with torch.no_grad():
+                classes = model.eval()(x[:1]).shape[1]
+            self.reversal = reverse_engineer(model, x, classes, seed=seed, **self.reversal_settings)
+        return self.reversal.triggers[self.reversal.suspect]
+
+    def repair_artifacts(self, out: Path) -> dict[str, Any]:
+        """The reversal's plot (`reversed_trigger.png`) and summary, if one ran."""
+        if self.reversal is None:
+            return {}
+        self.reversal.plot(out / "reversed_trigger.png")
+        return {"reversal": self.reversal.summary()}
+
     def repair_loss(
         self, units: Mapping[str, Sequence[int]], seed: int, **settings
     ) -> BackdoorLoss:
-        return BackdoorLoss(self.trigger, units, **{**self.loss, **settings})
+        settings = {**self.loss, **settings}
+        stamp = settings.pop("stamp", "known")
+        if stamp == "known":
+            return BackdoorLoss(self.trigger, units, **settings)
+        if stamp != "reversed":
+            raise ConfigError(f"objective.loss.stamp must be known or reversed; got {stamp!r}")
+        return BackdoorLoss(self.reversed_trigger(), units, **settings)
 
     def evaluation_names(self) -> list[str]:
         return ["triggered"]
@@ -208,8 +264,17 @@ class Backdoor(Objective):
         return cells
 
     def report_note(self) -> str:
-        return (
+        note = (
             "ASR: attack success rate, triggered inputs not of the target class "
             f"({self.target_class}) classified as it. Triggered acc: accuracy on triggered "
             "inputs against their true labels."
+        )
+        if self.reversal is None:
+            return note
+        r = self.reversal
+        return note + (
+            f" Reversed trigger (Neural Cleanse on the fine-tuning part): suspect class "
+            f"{r.suspect}, mask L1 {r.norms[r.suspect]:.1f} (median "
+            f"{float(np.median(r.norms)):.1f}), anomaly index {r.anomaly[r.suspect]:.2f}, "
+            f"flagged classes {r.flagged}; see reversed_trigger.png."
         )

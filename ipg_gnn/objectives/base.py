@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -182,12 +183,19 @@ class Objective(ABC):
         return images
 
     def repair_set(
-        self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int
+        self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int, model: nn.Module
     ) -> Images:
-        """The inputs a repair fine-tunes on, given the repair split's fine-tuning part
-        (default: that part; a privacy repair adds the target's training members and the
-        predictions of reference models it trains with `fit`)."""
+        """The inputs a repair fine-tunes on, given the repair split's fine-tuning part and the
+        original `model`, and whatever the repair loss needs made from them first (default:
+        that part; a privacy repair adds the target's training members and the predictions of
+        reference models it trains with `fit`; a backdoor repair may reverse-engineer the
+        trigger from the model on that part)."""
         return fine_tune
+
+    def repair_artifacts(self, out: Path) -> dict[str, Any]:
+        """Write what `repair_set` made that a reader should see into the repair directory
+        `out`, and return its summary for the report (default: nothing)."""
+        return {}
 
     @abstractmethod
     def population_report(

@@ -326,7 +326,7 @@ class Membership(Objective):
         return {f"test/{k}": report[k] for k in ("member_acc", "nonmember_acc", "accuracy_gap")}
 
     def repair_set(
-        self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int
+        self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int, model: nn.Module
     ) -> Images:
         """Every training member of the target (`target_train`: the defender holds its own
         training data) and as many of the repair split's fine-tuning inputs (held out, a
