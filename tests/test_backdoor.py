@@ -16,7 +16,12 @@ from torch import nn
 from ipg_gnn.data import Images, digits
 from ipg_gnn.errors import ConfigError
 from ipg_gnn.objectives import Backdoor, BackdoorLoss, attack_success_rate
-from ipg_gnn.objectives.trigger_reversal import Reversal, anomaly_index, reverse_engineer
+from ipg_gnn.objectives.trigger_reversal import (
+    Reversal,
+    ReversedTrigger,
+    anomaly_index,
+    reverse_engineer,
+)
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import FinePruning, RepairContext
 from ipg_gnn.targets import MLP, predict
@@ -201,6 +206,13 @@ def test_anomaly_index_against_a_hand_computation():
     assert (anomaly_index([4.0, 4.0, 4.0]) == 0).all()
     flags = Reversal([], [1.0, 10.0, 11.0, 12.0, 13.0], [1.0] * 5, threshold=2.0)
     assert flags.flagged == [0] and flags.suspect == 0
+
+
+def test_a_binarized_stamp_applies_the_pattern_whole_where_the_mask_is_strong():
+    stamp = ReversedTrigger(torch.tensor([[[0.2, 0.7]]]), torch.tensor([[[1.0, 1.0]]]))
+    x = torch.zeros(1, 1, 1, 2)
+    assert stamp(x).flatten().tolist() == pytest.approx([0.2, 0.7])
+    assert stamp.binarized(0.5)(x).flatten().tolist() == [0.0, 1.0]
 
 
 def test_neural_cleanse_finds_the_planted_trigger_and_its_class():

@@ -22,6 +22,7 @@ class can make.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ from ipg_gnn.objectives.base import (
 from ipg_gnn.objectives.trigger_reversal import Reversal, reverse_engineer
 from ipg_gnn.runs.keys import config_key
 from ipg_gnn.targets import accuracy, predict
+
+log = logging.getLogger(__name__)
 
 
 def attack_success_rate(pred: torch.Tensor, y: torch.Tensor, target_class: int) -> float:
@@ -202,15 +205,27 @@ class Backdoor(Objective):
     def reversed_trigger(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The suspect class's stamp from Neural Cleanse on the original model and the clean
         fine-tuning inputs (every class tried: the defender does not know the target class),
-        run once per repair."""
+        run once per repair; binarized at `mask_threshold` when the reversal settings give
+        one."""
         if self.reversal is None:
             if self.reversal_source is None:
                 raise ConfigError("a reversed stamp needs Backdoor.repair_set first")
             model, x, seed = self.reversal_source
             with torch.no_grad():
                 classes = model.eval()(x[:1]).shape[1]
-            self.reversal = reverse_engineer(model, x, classes, seed=seed, **self.reversal_settings)
-        return self.reversal.triggers[self.reversal.suspect]
+            settings = {k: v for k, v in self.reversal_settings.items() if k != "mask_threshold"}
+            self.reversal = reverse_engineer(model, x, classes, seed=seed, **settings)
+            if self.reversal.suspect not in self.reversal.flagged:
+                log.warning(
+                    "Neural Cleanse flags no class as a backdoor's target (largest anomaly "
+                    "index %.2f <= %.1f); the repair unlearns the smallest stamp, class %d's",
+                    max(self.reversal.anomaly),
+                    self.reversal.threshold,
+                    self.reversal.suspect,
+                )
+        stamp = self.reversal.triggers[self.reversal.suspect]
+        threshold = self.reversal_settings.get("mask_threshold")
+        return stamp if threshold is None else stamp.binarized(threshold)
 
     def repair_artifacts(self, out: Path) -> dict[str, Any]:
         """The reversal's plot (`reversed_trigger.png`) and summary, if one ran."""

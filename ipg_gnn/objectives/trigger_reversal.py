@@ -42,6 +42,12 @@ class ReversedTrigger:
         mask, pattern = self.mask.to(x), self.pattern.to(x)
         return (1 - mask) * x + mask * pattern
 
+    def binarized(self, threshold: float) -> ReversedTrigger:
+        """The stamp at full strength where the mask reaches `threshold`, nothing elsewhere:
+        the L1 cost leaves a mask just strong enough to flip the label, while a trigger is
+        stamped whole."""
+        return ReversedTrigger((self.mask >= threshold).to(self.mask.dtype), self.pattern)
+
 
 @dataclass
 class Reversal:
