@@ -129,9 +129,9 @@ def reverse_class(
     patience: int = 5,
     seed: int = 0,
 ) -> tuple[ReversedTrigger, float, float]:
-    """The smallest stamp found that sends at least `success` of a batch of `x` to `target`
-    (the last one when none did): the stamp, its mask's L1 norm and its success on all of
-    `x`."""
+    """The smallest stamp found that sends at least `success` of a batch of `x` (images in
+    [0, 1], as the project's loaders give them) to `target` (the last one when none did): the
+    stamp, its mask's L1 norm and its success on all of `x`."""
     if steps < 1:
         raise ValueError(f"a reversal needs at least one step; got steps={steps}")
     generator = torch.Generator().manual_seed(seed)
@@ -142,7 +142,8 @@ def reverse_class(
     cost, up, down = init_cost, 0, 0
     best: tuple[torch.Tensor, torch.Tensor] | None = None
     best_norm = float("inf")
-    for p in model.parameters():
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
         p.requires_grad_(False)
     try:
         for _ in range(steps):
@@ -166,7 +167,7 @@ def reverse_class(
             elif down >= patience:
                 cost, down = cost / cost_up**1.5, 0
     finally:
-        for p in model.parameters():
+        for p in trainable:
             p.requires_grad_(True)
     if best is None:
         best, best_norm = (mask.detach()[0], pattern.detach()[0]), size
