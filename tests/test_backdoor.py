@@ -220,7 +220,14 @@ def test_neural_cleanse_finds_the_planted_trigger_and_its_class():
     order = np.random.default_rng(0).permutation(len(data))
     train, held_out = data.subset(order[:1200]), data.subset(order[1200:])
     model = _fit(Backdoor(PATTERN, target_class=0, poison_fraction=0.1).training_set(train, 0))
-    reversal = reverse_engineer(model, held_out.x, 10, steps=200, seed=0)
+    frozen = next(model.parameters())
+    frozen.requires_grad_(False)
+    model.train()
+    reversal = reverse_engineer(model, held_out.x, steps=200, seed=0)
+    # The model comes back as it was: in train mode, only the frozen parameter frozen.
+    assert model.training and not frozen.requires_grad
+    assert all(p.requires_grad for p in list(model.parameters())[1:])
+    model.eval()
     # (On this small 8x8 model class 1 also needs a small mask: anomaly index 1.9 for class 0.)
     assert reversal.suspect == 0, reversal.summary()
     assert reversal.norms[0] < 0.5 * np.median(reversal.norms)
@@ -247,7 +254,35 @@ def test_backdoor_loss_adds_unlearning_on_the_stamped_inputs():
 def test_a_reversed_stamp_needs_the_repair_set_and_a_known_stamp_name():
     objective = Backdoor(PATTERN)
     with pytest.raises(ConfigError, match="repair_set first"):
-        objective.repair_loss({}, 0, stamp="reversed")
+        objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0)
     with pytest.raises(ConfigError, match="known or reversed"):
         objective.repair_loss({}, 0, stamp="true")
-    assert objective.repair_artifacts(Path("unused")) == {}
+    for settings, match in (
+        ({"loss": {"stamp": "true"}}, "known or reversed"),
+        ({"reversal": {"stepz": 3}}, "unknown settings"),
+        ({"reversal": {"mask_threshold": 0.0}}, "mask_threshold"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            Backdoor(PATTERN, **settings)  # refused at configuration, before any repair work
+
+
+def test_the_reversal_runs_once_per_repair_and_only_when_a_term_reads_the_stamp(monkeypatch):
+    import ipg_gnn.objectives.backdoor as backdoor
+
+    calls = []
+    real = backdoor.reverse_engineer
+    monkeypatch.setattr(
+        backdoor, "reverse_engineer", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    objective = Backdoor(PATTERN, reversal={"steps": 5, "max_inputs": 50})
+    images = digits().train.subset(np.arange(60))
+    model = MLP((1, 8, 8), 10, widths=[8]).eval()
+    objective.repair_set(images, None, None, 0, model)
+    objective.repair_loss({}, 0, stamp="reversed")  # no term reads the stamp
+    assert calls == [] and objective.repair_artifacts(Path("unused")) == {}
+    first = objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0).stamp
+    second = objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0).stamp
+    assert len(calls) == 1 and first is second
+    objective.repair_set(images, None, None, 0, model)  # a new repair drops the old reversal
+    objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0)
+    assert len(calls) == 2

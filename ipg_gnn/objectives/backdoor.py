@@ -22,6 +22,7 @@ class can make.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,7 +43,7 @@ from ipg_gnn.objectives.base import (
     Objective,
     SplitInputs,
 )
-from ipg_gnn.objectives.trigger_reversal import Reversal, reverse_engineer
+from ipg_gnn.objectives.trigger_reversal import Reversal, reverse_class, reverse_engineer
 from ipg_gnn.runs.keys import config_key
 from ipg_gnn.targets import accuracy, predict
 
@@ -114,6 +115,36 @@ class BackdoorLoss(ConsistencyLoss):
         return loss + unlearning + self.consistency(clean)
 
 
+#: What `objective.reversal` may set: the optimisation's keyword settings and the stamp's
+#: `mask_threshold` (the model, inputs, classes and seed come from the repair).
+REVERSAL_SETTINGS = (
+    set(inspect.signature(reverse_engineer).parameters)
+    | set(inspect.signature(reverse_class).parameters)
+    | {"mask_threshold"}
+) - {"model", "x", "num_classes", "target", "seed", "settings"}
+
+
+def check_stamp(stamp: str) -> str:
+    """Refuse a stamp name the loss does not know (at configuration, before any work)."""
+    if stamp not in ("known", "reversed"):
+        raise ConfigError(f"objective.loss.stamp must be known or reversed; got {stamp!r}")
+    return stamp
+
+
+def check_reversal_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse reversal settings :func:`reverse_engineer` would reject only when first run
+    (which, in a repair, comes after other methods' work)."""
+    known = REVERSAL_SETTINGS
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(
+            f"objective.reversal sets unknown settings {unknown}; known: {', '.join(sorted(known))}"
+        )
+    threshold = settings.get("mask_threshold")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ConfigError(f"objective.reversal.mask_threshold must be in (0, 1]; got {threshold}")
+
+
 class Backdoor(Objective):
     """Clean vs triggered inputs of a target trained on poisoned data. `trigger`: an ART
     perturbation (a callable on numpy images); `target_class`: the label poisoned inputs get;
@@ -138,7 +169,9 @@ class Backdoor(Objective):
         self.target_class, self.poison_fraction = target_class, poison_fraction
         self.key = config_key({**self.trigger.settings, "target_class": target_class})[:8]
         self.loss = dict(loss or {})
+        check_stamp(self.loss.get("stamp", "known"))
         self.reversal_settings = dict(reversal or {})
+        check_reversal_settings(self.reversal_settings)
         self.reversal: Reversal | None = None  # made on first use by reversed_trigger
         self.reversal_source: tuple[nn.Module, torch.Tensor, int] | None = None
 
@@ -198,8 +231,9 @@ class Backdoor(Objective):
         self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int, model: nn.Module
     ) -> Images:
         """The fine-tuning part as it is; the original `model` and these clean inputs are kept
-        for the reversal a loss with `stamp: reversed` asks for."""
-        self.reversal_source = (model, fine_tune.x, seed)
+        for the reversal a loss with `stamp: reversed` asks for (a reversal of an earlier
+        model is dropped)."""
+        self.reversal_source, self.reversal = (model, fine_tune.x, seed), None
         return fine_tune
 
     def reversed_trigger(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -211,10 +245,8 @@ class Backdoor(Objective):
             if self.reversal_source is None:
                 raise ConfigError("a reversed stamp needs Backdoor.repair_set first")
             model, x, seed = self.reversal_source
-            with torch.no_grad():
-                classes = model.eval()(x[:1]).shape[1]
             settings = {k: v for k, v in self.reversal_settings.items() if k != "mask_threshold"}
-            self.reversal = reverse_engineer(model, x, classes, seed=seed, **settings)
+            self.reversal = reverse_engineer(model, x, seed=seed, **settings)
             if self.reversal.suspect not in self.reversal.flagged:
                 log.warning(
                     "Neural Cleanse flags no class as a backdoor's target (largest anomaly "
@@ -225,7 +257,16 @@ class Backdoor(Objective):
                 )
         stamp = self.reversal.triggers[self.reversal.suspect]
         threshold = self.reversal_settings.get("mask_threshold")
-        return stamp if threshold is None else stamp.binarized(threshold)
+        if threshold is None:
+            return stamp
+        binary = stamp.binarized(threshold)
+        if not binary.mask.any():
+            raise ConfigError(
+                f"objective.reversal.mask_threshold={threshold} leaves the reversed stamp empty "
+                f"(its largest mask value is {float(stamp.mask.max()):.2f}); lower it or set it "
+                "to null"
+            )
+        return binary
 
     def repair_artifacts(self, out: Path) -> dict[str, Any]:
         """The reversal's plot (`reversed_trigger.png`) and summary, if one ran."""
@@ -238,11 +279,10 @@ class Backdoor(Objective):
         self, units: Mapping[str, Sequence[int]], seed: int, **settings
     ) -> BackdoorLoss:
         settings = {**self.loss, **settings}
-        stamp = settings.pop("stamp", "known")
-        if stamp == "known":
+        stamp = check_stamp(settings.pop("stamp", "known"))
+        stamped = settings.get("consistency_weight", 0) or settings.get("unlearning_weight", 0)
+        if stamp == "known" or not stamped:  # no term reads the stamp: no reversal to run
             return BackdoorLoss(self.trigger, units, **settings)
-        if stamp != "reversed":
-            raise ConfigError(f"objective.loss.stamp must be known or reversed; got {stamp!r}")
         return BackdoorLoss(self.reversed_trigger(), units, **settings)
 
     def evaluation_names(self) -> list[str]:

@@ -186,15 +186,16 @@ class Objective(ABC):
         self, fine_tune: Images, inputs: SplitInputs, fit: FitModel, seed: int, model: nn.Module
     ) -> Images:
         """The inputs a repair fine-tunes on, given the repair split's fine-tuning part and the
-        original `model`, and whatever the repair loss needs made from them first (default:
+        original `model`; whatever the repair loss needs from them is made or kept here (default:
         that part; a privacy repair adds the target's training members and the predictions of
-        reference models it trains with `fit`; a backdoor repair may reverse-engineer the
-        trigger from the model on that part)."""
+        reference models it trains with `fit`; a backdoor repair keeps the model and inputs its
+        trigger reversal runs on when a loss first asks for it)."""
         return fine_tune
 
     def repair_artifacts(self, out: Path) -> dict[str, Any]:
-        """Write what `repair_set` made that a reader should see into the repair directory
-        `out`, and return its summary for the report (default: nothing)."""
+        """After the repair methods ran: write what the objective made for their losses that a
+        reader should see (a backdoor's reversed triggers) into the repair directory `out`, and
+        return its summary for the report (default: nothing)."""
         return {}
 
     @abstractmethod

@@ -4,9 +4,11 @@ ART ships Neural Cleanse (`art.defences.transformer.poisoning.NeuralCleanse`), b
 Keras classifiers only, so the optimisation is written here against the model itself. For every
 class t it looks for the smallest stamp that sends clean inputs to t: a mask m (H x W) and a
 pattern p (C x H x W), both in [0, 1], applied as x' = (1 - m) x + m p, minimising
-cross-entropy(f(x'), t) + cost * |m|_1. The cost follows the paper's schedule: it is multiplied
-by `cost_up` after `patience` steps in a row in which the stamp sends at least `success` of a
-batch to t, divided by `cost_up ** 1.5` after `patience` steps in which it does not. A
+cross-entropy(f(x'), t) + cost * |m|_1. The cost adapts as in the paper, but step by step on
+single batches (the paper's code averages over an epoch and starts the cost at 0): it is
+multiplied by `cost_up` after `patience` steps in a row in which the stamp sends at least
+`success` of a batch to t, divided by `cost_up ** 1.5` after `patience` steps in which it does
+not. A
 backdoor's target class needs a far smaller mask than any other; its anomaly index (how many
 MADs its mask norm lies below the median) flags it. The suspect class's stamp is what a
 defender who does not know the trigger can use in its place (`ReversedTrigger`).
@@ -136,8 +138,8 @@ def reverse_class(
         raise ValueError(f"a reversal needs at least one step; got steps={steps}")
     generator = torch.Generator().manual_seed(seed)
     _, channels, height, width = x.shape
-    mask_raw = torch.zeros(1, 1, height, width, requires_grad=True)
-    pattern_raw = torch.zeros(1, channels, height, width, requires_grad=True)
+    mask_raw = torch.zeros(1, 1, height, width, device=x.device, requires_grad=True)
+    pattern_raw = torch.zeros(1, channels, height, width, device=x.device, requires_grad=True)
     optimiser = torch.optim.Adam([mask_raw, pattern_raw], lr=lr, betas=(0.5, 0.9))
     cost, up, down = init_cost, 0, 0
     best: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -147,11 +149,11 @@ def reverse_class(
         p.requires_grad_(False)
     try:
         for _ in range(steps):
-            batch = x[torch.randint(len(x), (batch_size,), generator=generator)]
+            batch = x[torch.randint(len(x), (batch_size,), generator=generator).to(x.device)]
             mask = (torch.tanh(mask_raw) + 1) / 2
             pattern = (torch.tanh(pattern_raw) + 1) / 2
             logits = model((1 - mask) * batch + mask * pattern)
-            labels = torch.full((len(batch),), target)
+            labels = torch.full((len(batch),), target, device=x.device)
             norm = mask.sum()
             loss = nn.functional.cross_entropy(logits, labels) + cost * norm
             optimiser.zero_grad()
@@ -180,21 +182,29 @@ def reverse_class(
 def reverse_engineer(
     model: nn.Module,
     x: torch.Tensor,
-    num_classes: int,
+    num_classes: int | None = None,
     threshold: float = 2.0,
     max_inputs: int = 2000,
     seed: int = 0,
     **settings,
 ) -> Reversal:
     """Neural Cleanse over every class on (at most `max_inputs`, seeded) clean inputs `x`;
-    `settings` go to :func:`reverse_class`. The model is put in eval mode."""
-    if num_classes < 3:
-        raise ValueError(f"an anomaly index needs at least 3 classes; got {num_classes}")
-    order = np.random.default_rng(seed).permutation(len(x))[:max_inputs]
-    x = x[torch.as_tensor(np.sort(order))]
+    `settings` go to :func:`reverse_class`; `num_classes`: the model's outputs by default. The
+    model runs in eval mode and is left in the mode it was in."""
+    training = model.training
     model.eval()
-    found = [
-        reverse_class(model, x, c, seed=seed + c, **settings)
-        for c in tqdm(range(num_classes), desc="reverse-engineering triggers", leave=False)
-    ]
+    try:
+        if num_classes is None:
+            with torch.no_grad():
+                num_classes = model(x[:1]).shape[1]
+        if num_classes < 3:
+            raise ValueError(f"an anomaly index needs at least 3 classes; got {num_classes}")
+        order = np.random.default_rng(seed).permutation(len(x))[:max_inputs]
+        x = x[torch.as_tensor(np.sort(order))]
+        found = [
+            reverse_class(model, x, c, seed=seed + c, **settings)
+            for c in tqdm(range(num_classes), desc="reverse-engineering triggers", leave=False)
+        ]
+    finally:
+        model.train(training)
     return Reversal([f[0] for f in found], [f[1] for f in found], [f[2] for f in found], threshold)
