@@ -24,13 +24,8 @@ import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from ipg_gnn.jobs.checks import RepairSettings, check_settings
-from ipg_gnn.jobs.repair import (
-    RepairSplitSource,
-    make_repair_plan,
-    reference_fitter,
-    repair_split_parts,
-)
-from ipg_gnn.jobs.stages import build, make_objective, split_inputs
+from ipg_gnn.jobs.repair import RepairSplitSource, make_repair_plan, repair_parts
+from ipg_gnn.jobs.stages import build, make_objective
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import plan_masks
 from ipg_gnn.repair.lookahead import lookahead_gain
@@ -57,10 +52,7 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
     objective = make_objective(cfg)
     attributors = {n: build(c, f"study.explainers.{n}") for n, c in study.explainers.items()}
     update = build(study.update, "study.update") if study.get("update") else None
-    fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
-    fine_tune = objective.repair_set(
-        fine_tune, split_inputs(run.data, run.splits), reference_fitter(run), cfg.seed, run.model
-    )
+    fine_tune, val = repair_parts(cfg, run, objective)
     out = Path(cfg.paths.output_dir)
     clock = StageClock()
 

@@ -63,6 +63,14 @@ def repair_split_parts(run: TrainRun, val_fraction: float, seed: int) -> tuple[I
     return images.subset(np.sort(order[n_val:])), images.subset(np.sort(order[:n_val]))
 
 
+def repair_parts(cfg: DictConfig, run: TrainRun, objective: Objective) -> tuple[Images, Images]:
+    """The repair set the objective makes from the fine-tuning part (`Objective.repair_set`,
+    given the original model), and the validation part: what every repair job works on."""
+    fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
+    inputs = split_inputs(run.data, run.splits)
+    return objective.repair_set(fine_tune, inputs, reference_fitter(run), cfg.seed, run.model), val
+
+
 def reference_fitter(run: TrainRun) -> FitModel:
     """Trains a fresh model like the run's target on given inputs, seeded, or loads it from
     the cache (`fit_cached`): an objective's reference models (a privacy repair's)."""
@@ -351,10 +359,7 @@ def _repair(
     record: RunRecord,
 ) -> dict[str, Any]:
     objective, methods, attributor = components
-    fine_tune, val = repair_split_parts(run, cfg.repair.val_fraction, cfg.seed)
-    fine_tune = objective.repair_set(
-        fine_tune, split_inputs(run.data, run.splits), reference_fitter(run), cfg.seed, run.model
-    )
+    fine_tune, val = repair_parts(cfg, run, objective)
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
     record.add("repair_config.yaml")
     loggers = make_loggers(cfg)

@@ -8,9 +8,8 @@ cross-entropy(f(x'), t) + cost * |m|_1. The cost adapts as in the paper, but ste
 single batches (the paper's code averages over an epoch and starts the cost at 0): it is
 multiplied by `cost_up` after `patience` steps in a row in which the stamp sends at least
 `success` of a batch to t, divided by `cost_up ** 1.5` after `patience` steps in which it does
-not. A
-backdoor's target class needs a far smaller mask than any other; its anomaly index (how many
-MADs its mask norm lies below the median) flags it. The suspect class's stamp is what a
+not. A backdoor's target class needs a far smaller mask than any other; its anomaly index (how
+many MADs its mask norm lies below the median) flags it. The suspect class's stamp is what a
 defender who does not know the trigger can use in its place (`ReversedTrigger`).
 """
 
