@@ -353,6 +353,12 @@ def test_repair_job_end_to_end(tmp_path):
 
     text = summary([str(tmp_path)])
     assert "| net.3 | node | 2 |" in text and (tmp_path / "summary.json").is_file()
+    # Robust accuracy heads the sweep's columns: the random plans' mean ± sd and the lead over it.
+    head, _, row = (line.split(" | ") for line in text.splitlines()[:3])
+    robust_draws = [d["robust_acc"] for d in draws]
+    lead = report["after"]["robust_acc"] - sum(robust_draws) / 2
+    assert row[head.index("robust lead over random")] == f"{lead * 100:+.1f}"
+    assert row[head.index("robust random plans")].endswith("(2)")
     assert (tmp_path / "summary.png").stat().st_size > 10_000
     # Every baseline's model is kept (an inference-time patch has no checkpoint); the independent
     # check attacks each kept model.

@@ -1,18 +1,23 @@
-"""Gather the reports of a repair sweep (e.g. the single-layer study
-`python repair.py -m repair.layer=net.1,net.3,net.5`) into one table.
+"""Gather the reports of repair sweeps (e.g. the budget sweep
+`python repair.py -m experiment=net1_flow repair.fraction=0.025,0.05,0.1,0.2,0.5`) into one table.
 
-`python -m ipg_gnn.tools.summary <multirun dir>` prints a markdown table, one row per job
-(layer, level, budget), and writes it next to the jobs as `summary.md` and `summary.json`, with
-`summary.png`: each job's test adversarial accuracy against the share of parameters it changed,
-targeted and random plan side by side, which shows what a budget sweep buys
-(`python repair.py -m repair.layer=net.1 repair.fraction=0.05,0.1,0.2`).
+`python -m ipg_gnn.tools.summary <multirun dir> [<more dirs>] [--out DIR]` prints a markdown
+table, one row per job (layer, level, budget), and writes it as `summary.md` and `summary.json`
+with `summary.png` (into the first directory, or `--out`): each job's test accuracy under attack
+against the share of parameters it changed, one panel per measure (robust accuracy first),
+with the targeted repair, the mean of its random plans of the same budget (bars: one standard
+deviation over the draws, each draw drawn faintly), full fine-tuning and the unrepaired model.
+Several directories let one sweep run as several processes.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 from omegaconf import OmegaConf
@@ -21,97 +26,187 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
 
+FULL = "full_finetune"
 
-def gather(directory: str | Path) -> list[dict]:
-    """One row per job directory under `directory` holding a `repair_report.json`."""
+
+def gather(*directories: str | Path) -> list[dict]:
+    """One row per job directory under any of `directories` holding a `repair_report.json`,
+    ordered by the share of parameters the targeted repair changed."""
     rows = []
-    for report_path in sorted(Path(directory).glob("**/repair_report.json")):
-        report = json.loads(report_path.read_text())
-        cfg = OmegaConf.load(report_path.parent / "repair_config.yaml")
-        rows.append(
-            {
-                "job": str(report_path.parent.relative_to(directory)),
-                "layer": ", ".join(report["plan"]["targets"]),
-                "level": report["plan"]["level"],
-                "targets": report["plan"]["targets"],
-                "explainer": report["plan"]["explainer"],
-                "before": report["before"],
-                "after": report["after"],
-                "random": report["baselines"].get("random"),
-                "k": cfg.repair.k,
-                "fraction": cfg.repair.fraction,
-            }
-        )
+    for directory in directories:
+        for report_path in sorted(Path(directory).glob("**/repair_report.json")):
+            report = json.loads(report_path.read_text())
+            cfg = OmegaConf.load(report_path.parent / "repair_config.yaml")
+            random = report["baselines"].get("random")
+            rows.append(
+                {
+                    "job": str(report_path.parent),
+                    "layer": ", ".join(report["plan"]["targets"]),
+                    "level": report["plan"]["level"],
+                    "targets": report["plan"]["targets"],
+                    "explainer": report["plan"]["explainer"],
+                    "before": report["before"],
+                    "after": report["after"],
+                    "random": random,
+                    "random_draws": random.get("draws", [random]) if random else [],
+                    FULL: report["baselines"].get(FULL),
+                    "k": cfg.repair.k,
+                    "fraction": cfg.repair.fraction,
+                }
+            )
     if not rows:
-        raise FileNotFoundError(f"no repair_report.json under {Path(directory).resolve()}")
-    return rows
+        found = ", ".join(str(Path(d).resolve()) for d in directories)
+        raise FileNotFoundError(f"no repair_report.json under {found}")
+    return sorted(rows, key=lambda r: r["after"]["params_changed_fraction"])
+
+
+def measures(result: Mapping[str, Any]) -> list[str]:
+    """The accuracies under attack a result holds: robust accuracy (the per-input worst case,
+    the headline) first, then each attack."""
+    return (["robust"] if "robust_acc" in result else []) + list(result["adv_acc"])
+
+
+def accuracy(result: Mapping[str, Any], measure: str) -> float:
+    return result["robust_acc"] if measure == "robust" else result["adv_acc"][measure]
+
+
+def spread(draws: Sequence[Mapping[str, Any]], measure: str) -> tuple[float, float]:
+    """Mean and standard deviation (0 for one draw) of a measure over random plans."""
+    values = [accuracy(d, measure) for d in draws]
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def full_finetune(rows: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """Full fine-tuning's result (it does not depend on the plan: the first job's that ran it)."""
+    return next((r[FULL] for r in rows if r[FULL]), None)
+
+
+def share_of_full_gain(row: Mapping[str, Any], full: Mapping[str, Any] | None, m: str) -> str:
+    """The targeted repair's gain as a share of full fine-tuning's (issue 16's first target)."""
+    if full is None or accuracy(full, m) == accuracy(row["before"], m):
+        return "-"
+    gain = accuracy(row["after"], m) - accuracy(row["before"], m)
+    return f"{gain / (accuracy(full, m) - accuracy(row['before'], m)):.0%}"
+
+
+def table(rows: list[dict]) -> str:
+    """The sweep as markdown: per job the clean accuracy and every measure before and after
+    repair, the random plans' mean ± standard deviation and the targeted repair's lead over it,
+    the share of full fine-tuning's gain, validation columns, and full fine-tuning's own row."""
+    names = measures(rows[0]["before"])
+    val_attacks = list(rows[0]["after"].get("val", {}).get("adv_acc", {}))
+    full = full_finetune(rows)
+    head = [
+        "layer",
+        "level",
+        "targets",
+        "params changed",
+        "clean before",
+        "clean after",
+        *(f"{m} before" for m in names),
+        *(f"{m} after" for m in names),
+        *(f"{m} random plans" for m in names),
+        *(f"{m} lead over random" for m in names),
+        *(f"{m} share of full fine-tuning's gain" for m in names),
+        *(f"{a} after (val)" for a in val_attacks),
+        *(f"{a} random plans (val)" for a in val_attacks),
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        draws = r["random_draws"]
+        cells = [
+            r["layer"],
+            r["level"],
+            str(sum(r["targets"].values())),
+            f"{r['after']['params_changed']} ({r['after']['params_changed_fraction']:.2%})",
+            f"{r['before']['clean_acc']:.2%}",
+            f"{r['after']['clean_acc']:.2%}",
+            *(f"{accuracy(r['before'], m):.2%}" for m in names),
+            *(f"{accuracy(r['after'], m):.2%}" for m in names),
+            *(_spread_cell(draws, m) for m in names),
+            *(_lead_cell(r, m) for m in names),
+            *(share_of_full_gain(r, full, m) for m in names),
+            *(_val_cell(r["after"], a) for a in val_attacks),
+            *(_val_cell(r["random"], a) for a in val_attacks),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if full is not None:
+        changed = f"{full['params_changed']} ({full['params_changed_fraction']:.2%})"
+        cells = [
+            "full fine-tuning: every layer",
+            "node",
+            "-",
+            changed,
+            "-",
+            f"{full['clean_acc']:.2%}",
+        ]
+        cells += ["-"] * len(names) + [f"{accuracy(full, m):.2%}" for m in names]
+        lines.append("| " + " | ".join(cells + ["-"] * (len(head) - len(cells))) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _spread_cell(draws: Sequence[Mapping[str, Any]], measure: str) -> str:
+    if not draws:
+        return "-"
+    mean, sd = spread(draws, measure)
+    return f"{mean:.2%} ± {sd:.2%} ({len(draws)})"
+
+
+def _lead_cell(row: Mapping[str, Any], measure: str) -> str:
+    if not row["random_draws"]:
+        return "-"
+    lead = accuracy(row["after"], measure) - spread(row["random_draws"], measure)[0]
+    return f"{lead * 100:+.1f}"
 
 
 def _val_cell(result: dict | None, attack: str) -> str:
     return f"{result['val']['adv_acc'][attack]:.2%}" if result else "-"
 
 
-def table(rows: list[dict]) -> str:
-    attacks = list(rows[0]["before"]["adv_acc"])
-    val_attacks = list(rows[0]["after"].get("val", {}).get("adv_acc", {}))
-    head = [
-        "layer",
-        "level",
-        "targets",
-        "clean before",
-        "clean after",
-        *(f"{a} before" for a in attacks),
-        *(f"{a} after" for a in attacks),
-        *(f"{a} random plan" for a in attacks),
-        *(f"{a} after (val)" for a in val_attacks),
-        *(f"{a} random plan (val)" for a in val_attacks),
-        "params changed",
-    ]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        random = r["random"]["adv_acc"] if r["random"] else {}
-        cells = [
-            r["layer"],
-            r["level"],
-            str(sum(r["targets"].values())),
-            f"{r['before']['clean_acc']:.2%}",
-            f"{r['after']['clean_acc']:.2%}",
-            *(f"{r['before']['adv_acc'][a]:.2%}" for a in attacks),
-            *(f"{r['after']['adv_acc'][a]:.2%}" for a in attacks),
-            *(f"{random[a]:.2%}" if a in random else "-" for a in attacks),
-            *(_val_cell(r["after"], a) for a in val_attacks),
-            *(_val_cell(r["random"], a) for a in val_attacks),
-            f"{r['after']['params_changed']} ({r['after']['params_changed_fraction']:.2%})",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def plot_budget(rows: list[dict], path: str | Path) -> Path:
-    """Test adversarial accuracy against parameters changed, one panel per attack: targeted
-    repair (labelled `layer: targets`), its random plan of the same budget and the unrepaired
-    model, per job."""
-    attacks = list(rows[0]["before"]["adv_acc"])
-    fig, axes = plt.subplots(1, len(attacks), figsize=(3.6 * len(attacks), 3.4), squeeze=False)
-    for ax, attack in zip(axes[0], attacks, strict=True):
+    """Test accuracy under attack against the share of parameters changed, one panel per
+    measure (robust accuracy first): targeted repair per job, the mean of its random plans with
+    one standard deviation (each draw faint), full fine-tuning and the unrepaired model."""
+    names = measures(rows[0]["before"])
+    full = full_finetune(rows)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.6), squeeze=False)
+    for ax, m in zip(axes[0], names, strict=True):
         x = [r["after"]["params_changed_fraction"] for r in rows]
-        ax.scatter(x, [r["after"]["adv_acc"][attack] for r in rows], label="targeted", marker="o")
-        randoms = [(xi, r["random"]) for xi, r in zip(x, rows, strict=True) if r["random"]]
-        ax.scatter(
-            [xi for xi, _ in randoms],
-            [r["adv_acc"][attack] for _, r in randoms],
-            label="random plan",
-            marker="x",
-        )
-        ax.scatter(x, [r["before"]["adv_acc"][attack] for r in rows], label="before", marker=".")
-        for xi, r in zip(x, rows, strict=True):
-            label = f"{r['layer']}: {sum(r['targets'].values())}"
-            ax.annotate(label, (xi, r["after"]["adv_acc"][attack]), fontsize=7)
+        ax.plot(x, [accuracy(r["after"], m) for r in rows], "o-", label="targeted")
+        with_random = [
+            (xi, r["random_draws"]) for xi, r in zip(x, rows, strict=True) if r["random_draws"]
+        ]
+        if with_random:
+            mean_sd = [spread(draws, m) for _, draws in with_random]
+            ax.errorbar(
+                [xi for xi, _ in with_random],
+                [mean for mean, _ in mean_sd],
+                yerr=[sd for _, sd in mean_sd],
+                fmt="x--",
+                capsize=3,
+                label="random plans (mean ± sd)",
+            )
+            for xi, draws in with_random:
+                ax.scatter(
+                    [xi] * len(draws), [accuracy(d, m) for d in draws], c="C1", alpha=0.3, s=10
+                )
+        if full is not None:
+            ax.scatter(
+                [full["params_changed_fraction"]],
+                [accuracy(full, m)],
+                marker="*",
+                s=90,
+                c="C2",
+                label="full fine-tuning",
+            )
+            ax.axhline(accuracy(full, m), color="C2", lw=0.8, ls=":")
+        ax.axhline(accuracy(rows[0]["before"], m), color="grey", lw=0.8, ls="--", label="before")
+        ax.set_xscale("log")
         ax.xaxis.set_major_formatter(PercentFormatter(1.0))
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.set_xlabel("share of parameters changed")
-        ax.set_title(f"{attack} (test)")
-    axes[0][0].set_ylabel("adversarial accuracy")
+        ax.set_title(f"{m} (test)")
+    axes[0][0].set_ylabel("accuracy under attack")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -125,13 +220,16 @@ def main(argv: list[str] | None = None) -> str:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("directory", help="a repair.py multirun directory")
+    parser.add_argument("directories", nargs="+", help="repair.py multirun directories")
+    parser.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     args = parser.parse_args(argv)
-    rows = gather(args.directory)
+    rows = gather(*args.directories)
+    out = args.out or Path(args.directories[0])
+    out.mkdir(parents=True, exist_ok=True)
     text = table(rows)
-    (Path(args.directory) / "summary.md").write_text(text)
-    (Path(args.directory) / "summary.json").write_text(json.dumps(rows, indent=2))
-    plot_budget(rows, Path(args.directory) / "summary.png")
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    plot_budget(rows, out / "summary.png")
     print(text)
     return text
 
