@@ -266,6 +266,24 @@ def test_a_reversed_stamp_needs_the_repair_set_and_a_known_stamp_name():
             Backdoor(PATTERN, **settings)  # refused at configuration, before any repair work
 
 
+def test_a_baselines_stamp_is_refused_before_the_targeted_repair_runs(tmp_path):
+    from ipg_gnn.jobs.repair import make_methods
+    from ipg_gnn.jobs.stages import make_objective
+
+    cfg = compose_config(
+        "repair",
+        tmp_path,
+        [
+            "+dataset=mnist_subset",  # repair.py takes it from the train run
+            "objective=backdoor",
+            "repair.baselines=[random,neural_cleanse]",
+            "repair.methods.neural_cleanse.loss.stamp=true",
+        ],
+    )
+    with pytest.raises(ConfigError, match="known or reversed"):
+        make_methods(cfg, make_objective(cfg))
+
+
 def test_the_reversal_runs_once_per_repair_and_only_when_a_term_reads_the_stamp(monkeypatch):
     import ipg_gnn.objectives.backdoor as backdoor
 

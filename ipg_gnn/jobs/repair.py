@@ -80,7 +80,8 @@ def reference_fitter(run: TrainRun) -> FitModel:
 
 def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMethod]:
     """`targeted` and the configured baselines, from `repair.methods`, checked before any
-    work: unknown names and overrides of unknown settings fail here."""
+    work: unknown names, overrides of unknown settings and loss values the objective cannot use
+    fail here."""
     names = ["targeted", *cfg.repair.baselines]
     unknown = [n for n in names if n not in cfg.repair.methods]
     if unknown:
@@ -92,6 +93,7 @@ def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMetho
     loss_keys = list(getattr(objective, "loss", {}))
     for name, method in methods.items():
         method.check(name, list(cfg.repair.finetune), loss_keys)
+        objective.check_loss({**getattr(objective, "loss", {}), **method.loss})
     return methods
 
 

@@ -275,6 +275,9 @@ class Backdoor(Objective):
         self.reversal.plot(out / "reversed_trigger.png")
         return {"reversal": self.reversal.summary()}
 
+    def check_loss(self, settings: Mapping[str, Any]) -> None:
+        check_stamp(settings.get("stamp", "known"))
+
     def repair_loss(
         self, units: Mapping[str, Sequence[int]], seed: int, **settings
     ) -> BackdoorLoss:

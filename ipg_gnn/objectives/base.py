@@ -213,6 +213,12 @@ class Objective(ABC):
     def population_metrics(self, report: Mapping[str, Any]) -> dict[str, float]:
         """`population_report` as flat metrics for the loggers."""
 
+    def check_loss(self, settings: Mapping[str, Any]) -> None:
+        """Refuse loss setting values this objective cannot use (`settings`: its loss config
+        with a method's overrides) at configuration, before any repair work; names are checked
+        by the methods. Every value passes by default."""
+        return None
+
     @abstractmethod
     def repair_loss(self, units: Mapping[str, Sequence[int]], seed: int, **settings) -> RepairLoss:
         """The loss of a repair that changes `units` (per layer), with the objective's loss
