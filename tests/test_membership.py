@@ -283,7 +283,7 @@ def test_loss_threshold_and_lira_beat_chance_on_an_overfit_toy():
     assert loss["auc"] > 0.65 and lira["auc"] > 0.65
 
 
-def test_membership_audit_runs_end_to_end(tmp_path):
+def test_membership_audit_runs_end_to_end(tmp_path, monkeypatch):
     from ipg_gnn.graphs import GraphStore
     from ipg_gnn.jobs.train import run_train
     from ipg_gnn.runs.train_run import load_train_run
@@ -393,3 +393,12 @@ def test_membership_audit_runs_end_to_end(tmp_path):
     assert (repair_dir / "privacy_tradeoff.png").is_file()
     saved = np.load(repair_dir / "audit/targeted/membership_scores.npz")
     assert set(saved.files) == {"is_member", *privacy["targeted"]["attacks"]}
+    # A second comparison reuses every audit written (an interrupted one resumes).
+    import ipg_gnn.tools.membership_audit as membership_audit
+
+    def refuse(*args):
+        raise AssertionError(f"audited again: {args}")
+
+    monkeypatch.setattr(membership_audit, "audit", refuse)
+    again = audit_repair(repair_dir, shadows=2)["models"]
+    assert json.dumps(again, sort_keys=True) == json.dumps(privacy, sort_keys=True)

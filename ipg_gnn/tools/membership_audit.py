@@ -317,30 +317,49 @@ def refit_run(train_dir: Path, checkpoint: Path, out: Path) -> Path:
     return out
 
 
+def written_audit(directory: Path, out: Path, shadows: int | None) -> dict[str, Any] | None:
+    """The audit of the train run in `directory` already written in `out` with the same number
+    of shadow models (`None`: the run's `objective.lira.shadows`), if there is one."""
+    report_path = out / "membership_audit.json"
+    if not (report_path.is_file() and (out / SCORES).is_file()):
+        return None
+    report = json.loads(report_path.read_text())
+    wanted = shadows or OmegaConf.load(directory / TRAIN_CONFIG).objective.lira.shadows
+    same = report["train_dir"] == str(directory) and report["shadows"] == wanted
+    return report if same else None
+
+
 def audit_repair(repair_dir: Path, shadows: int | None = None) -> dict[str, Any]:
     """Audit the target of a privacy repair run and every model it saved (`repaired.pt`: the
     targeted repair; `models/<baseline>.pt`, each draw of a random plan), each with every
     attack re-fitted to it (`refit_run`), a method of several draws also as their mean
     (`draw_means`); LiRA's shadow models are those of the original audit. Writes each audit
     under `<repair_dir>/audit/<model>/` and the comparison, `privacy_audit.{json,md}` and
-    `privacy_tradeoff.png`, into `repair_dir`."""
+    `privacy_tradeoff.png`, into `repair_dir`. An audit already written is reused (the
+    original's in the train run itself, where `python -m ipg_gnn.tools.membership_audit
+    <train run>` puts it): an interrupted comparison resumes."""
     repair = json.loads((repair_dir / "repair_report.json").read_text())
     train_dir = Path(repair["train_dir"])
     root = repair_dir / "audit"
-    audits = {"original": audit(train_dir, root / "original", shadows)}
+    runs = {"original": train_dir}
     checkpoints = {
         "targeted": repair_dir / "repaired.pt",
         **{p.stem: p for p in sorted((repair_dir / "models").glob("*.pt"))},
     }
-    for name, checkpoint in checkpoints.items():
-        run_dir = refit_run(train_dir, checkpoint, root / name)
-        audits[name] = audit(run_dir, run_dir, shadows)
+    runs.update({name: refit_run(train_dir, p, root / name) for name, p in checkpoints.items()})
+    outs = dict(runs)  # a re-fitted run holds its own audit
+    if not written_audit(train_dir, train_dir, shadows):
+        outs["original"] = root / "original"
+    audits = {
+        name: written_audit(runs[name], out, shadows) or audit(runs[name], out, shadows)
+        for name, out in outs.items()
+    }
     rows = {
         name: audit_row(a, model_result(repair, REPORT_NAME.get(name, name)))
         for name, a in audits.items()
     }
     rows.update(draw_means(rows))
-    scores = {name: dict(np.load(root / name / SCORES)) for name in audits}
+    scores = {name: dict(np.load(outs[name] / SCORES)) for name in audits}
     report = {
         "repair_dir": str(repair_dir),
         "train_dir": str(train_dir),
