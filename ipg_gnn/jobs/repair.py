@@ -90,10 +90,10 @@ def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMetho
             f"{', '.join(cfg.repair.methods)}"
         )
     methods = {n: build(cfg.repair.methods[n], f"repair.methods.{n}") for n in names}
-    loss_keys = list(getattr(objective, "loss", {}))
+    loss = dict(getattr(objective, "loss", {}))
     for name, method in methods.items():
-        method.check(name, list(cfg.repair.finetune), loss_keys)
-        objective.check_loss({**getattr(objective, "loss", {}), **method.loss})
+        method.check(name, list(cfg.repair.finetune), list(loss))
+        objective.check_loss({**loss, **method.loss})
     return methods
 
 

@@ -348,12 +348,12 @@ def audit_repair(repair_dir: Path, shadows: int | None = None) -> dict[str, Any]
     }
     runs.update({name: refit_run(train_dir, p, root / name) for name, p in checkpoints.items()})
     outs = dict(runs)  # a re-fitted run holds its own audit
-    if not written_audit(train_dir, train_dir, shadows):
+    audits = {"original": written_audit(train_dir, train_dir, shadows)}
+    if audits["original"] is None:
         outs["original"] = root / "original"
-    audits = {
-        name: written_audit(runs[name], out, shadows) or audit(runs[name], out, shadows)
-        for name, out in outs.items()
-    }
+    for name, out in outs.items():
+        audits[name] = audits.get(name) or written_audit(runs[name], out, shadows)
+        audits[name] = audits[name] or audit(runs[name], out, shadows)
     rows = {
         name: audit_row(a, model_result(repair, REPORT_NAME.get(name, name)))
         for name, a in audits.items()

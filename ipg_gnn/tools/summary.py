@@ -134,7 +134,7 @@ def table(rows: list[dict]) -> str:
         changed = f"{full['params_changed']} ({full['params_changed_fraction']:.2%})"
         cells = [
             "full fine-tuning: every layer",
-            "node",
+            "-",
             "-",
             changed,
             "-",
