@@ -88,6 +88,11 @@ def test_poisoning_plants_a_backdoor_that_a_clean_model_lacks():
         report, _ = objective.evaluate(model, test, 500, 0)
         assert report["asr"] == pytest.approx(rates[name])
         assert report["clean_acc"] > 0.9
+        # Without the trigger the same inputs rarely go to class 0: the ASR's reference.
+        clean = predict(model, test.x)
+        others = test.y != 0
+        expected = float((clean[others] == 0).sum()) / int(others.sum())
+        assert report["clean_to_target"] == pytest.approx(expected) and expected < 0.1
     assert rates["poisoned"] >= 0.9 and rates["clean"] <= 0.2, rates
 
 

@@ -45,7 +45,7 @@ from ipg_gnn.objectives.base import (
 )
 from ipg_gnn.objectives.trigger_reversal import Reversal, reverse_class, reverse_engineer
 from ipg_gnn.runs.keys import config_key
-from ipg_gnn.targets import accuracy, predict
+from ipg_gnn.targets import predict
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ class Backdoor(Objective):
             "n": len(y),
             "target_class": self.target_class,
             "clean_acc": float((reference["pred"] == y).float().mean()),
+            "clean_to_target": attack_success_rate(reference["pred"], y, self.target_class),
             "asr": attack_success_rate(triggered["pred"], y, self.target_class),
             "triggered_acc": float((triggered["pred"] == y).float().mean()),
         }
@@ -217,6 +218,8 @@ class Backdoor(Objective):
                 f"triggered accuracy  {report['triggered_acc']:7.2%}",
                 f"attack success rate {report['asr']:7.2%}   (triggered inputs not of class "
                 f"{report['target_class']} predicted as it)",
+                f"clean to target     {report['clean_to_target']:7.2%}   (the same inputs without "
+                "the trigger: the ASR if the trigger did nothing)",
             ]
         )
 
@@ -224,6 +227,7 @@ class Backdoor(Objective):
         return {
             "test/clean_acc": report["clean_acc"],
             "test/asr": report["asr"],
+            "test/clean_to_target": report["clean_to_target"],
             "test/triggered_acc": report["triggered_acc"],
         }
 
@@ -300,12 +304,15 @@ class Backdoor(Objective):
         only: Sequence[str] | None = None,
         transfer_from: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        """Clean accuracy and, unless `only` leaves it out, the ASR and accuracy on the
-        triggered inputs. Triggered inputs do not depend on the model, so `transfer_from` adds
-        nothing and is ignored."""
+        """Clean accuracy, the share of clean inputs of other classes sent to the target class
+        (the ASR if the trigger did nothing) and, unless `only` leaves it out, the ASR and
+        accuracy on the triggered inputs. Triggered inputs do not depend on the model, so
+        `transfer_from` adds nothing and is ignored."""
+        clean = predict(model, images.x, batch_size)
         report: dict[str, Any] = {
             "n": len(images),
-            "clean_acc": accuracy(model, images, batch_size),
+            "clean_acc": float((clean == images.y).float().mean()),
+            "clean_to_target": attack_success_rate(clean, images.y, self.target_class),
         }
         if only is not None and "triggered" not in only:
             return report, {}
@@ -318,14 +325,17 @@ class Backdoor(Objective):
         cells = {"clean": f"{result['clean_acc']:.2%}"}
         if "asr" in result:
             cells["ASR"] = f"{result['asr']:.2%}"
+            cells["clean to target"] = f"{result['clean_to_target']:.2%}"
             cells["triggered acc"] = f"{result['triggered_acc']:.2%}"
         return cells
 
     def report_note(self) -> str:
         note = (
             "ASR: attack success rate, triggered inputs not of the target class "
-            f"({self.target_class}) classified as it. Triggered acc: accuracy on triggered "
-            "inputs against their true labels."
+            f"({self.target_class}) classified as it. Clean to target: the same inputs without "
+            "the trigger classified as it (the model's own confusion: the ASR if the trigger "
+            "did nothing). Triggered acc: accuracy on triggered inputs against their "
+            "true labels."
         )
         if self.reversal is None:
             return note
