@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from ipg_gnn.attacks import Attack
 from ipg_gnn.graphs import IPGDataset
@@ -121,6 +122,30 @@ def test_every_attack_config_instantiates():
     assert sorted(attacks) == sorted(names - {"all", "default", "eval", "adaptive_pgd"})
     assert all(isinstance(a, Attack) and a.name == n for n, a in attacks.items())
     assert attacks["pgd"].eps == cfg.dataset.eps == 0.15 and attacks["cw"].eps is None
+
+
+EXPERIMENTS = sorted((ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_composes_with_the_app_it_names(path, tmp_path):
+    # Each experiment's first comment line names its entry point; the config must compose there
+    # and resolve (train.py's objective instantiate; repair.py's objective needs the train run's
+    # dataset), so a renamed key or a broken nested default fails here.
+    app = path.read_text().splitlines()[1].removeprefix("# ").split(".py")[0]
+    assert app in {"train", "repair"}, f"{path.name} does not say which entry point it is for"
+    cfg = compose_config(app, tmp_path, [f"experiment={path.stem}"])
+    if app == "train":
+        assert make_objective(cfg).noun
+    else:
+        assert OmegaConf.to_container(cfg.repair, resolve=True)["methods"]["targeted"]
+
+
+def test_budget_sweep_experiment_is_net1_flow_with_the_chosen_loss(tmp_path):
+    cfg = compose_config("repair", tmp_path, ["experiment=budget_sweep"])
+    assert cfg.repair.layer == "net.1" and cfg.explainer._target_.endswith("FlowDifference")
+    assert cfg.objective.loss.clean_weight == 10.0 and cfg.repair.finetune.lr == 3e-3
+    assert list(cfg.repair.baselines) == ["random"] and cfg.repair.methods.random.draws == 4
 
 
 @pytest.mark.parametrize("dataset", ["mnist_subset", "digits", "mnist", "fashion_mnist", "cifar10"])
