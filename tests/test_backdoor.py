@@ -171,6 +171,7 @@ def test_backdoor_objective_runs_both_jobs(tmp_path):
         )
     )
     assert trained["attack"]["asr"] > 0.8  # six epochs on 150 poisoned inputs plant it
+    assert trained["attack"]["clean_to_target"] < 0.2  # without the trigger, rarely class 0
     detection = json.loads((tmp_path / "logs/train/r1/detector_report.json").read_text())
     assert set(detection["per_trigger"]) == {"triggered"}
     report = run_repair(
@@ -192,8 +193,8 @@ def test_backdoor_objective_runs_both_jobs(tmp_path):
     )
     assert report["plan"]["targets"] == {"net.1": 2}
     assert 0 < report["after"]["params_changed"] <= 2 * 785
-    assert {"clean_acc", "asr", "triggered_acc"} <= set(report["after"])
-    assert {"clean_acc", "asr"} <= set(report["after"]["val"])
+    assert {"clean_acc", "clean_to_target", "asr", "triggered_acc"} <= set(report["after"])
+    assert {"clean_acc", "clean_to_target", "asr"} <= set(report["after"]["val"])
     assert set(report["baselines"]) == {"random", "fine_pruning", "full_finetune", "neural_cleanse"}
     assert report["baselines"]["fine_pruning"]["units_pruned"] >= 1
     # Neural Cleanse reversed the trigger (once) and flagged its class; every parameter may change.
@@ -202,6 +203,7 @@ def test_backdoor_objective_runs_both_jobs(tmp_path):
     assert (tmp_path / "run" / "reversed_trigger.png").is_file()
     markdown = (tmp_path / "run" / "repair_report.md").read_text()
     assert "| targeted repair |" in markdown and "suspect class 0" in markdown
+    assert "| clean to target |" in markdown
 
 
 def test_anomaly_index_against_a_hand_computation():

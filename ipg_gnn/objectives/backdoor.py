@@ -205,11 +205,22 @@ class Backdoor(Objective):
         return {
             "n": len(y),
             "target_class": self.target_class,
-            "clean_acc": float((reference["pred"] == y).float().mean()),
-            "clean_to_target": attack_success_rate(reference["pred"], y, self.target_class),
-            "asr": attack_success_rate(triggered["pred"], y, self.target_class),
-            "triggered_acc": float((triggered["pred"] == y).float().mean()),
+            **self.scores(y, reference["pred"], triggered["pred"]),
         }
+
+    def scores(
+        self, y: torch.Tensor, clean: torch.Tensor, triggered: torch.Tensor | None = None
+    ) -> dict[str, float]:
+        """The metrics of predictions on clean inputs and, when given, on their triggered
+        versions: one definition for train.py's stored IPGs and repair.py's evaluations."""
+        scores = {
+            "clean_acc": float((clean == y).float().mean()),
+            "clean_to_target": attack_success_rate(clean, y, self.target_class),
+        }
+        if triggered is not None:
+            scores["asr"] = attack_success_rate(triggered, y, self.target_class)
+            scores["triggered_acc"] = float((triggered == y).float().mean())
+        return scores
 
     def format_population_report(self, report: Mapping[str, Any]) -> str:
         return "\n".join(
@@ -309,16 +320,10 @@ class Backdoor(Objective):
         accuracy on the triggered inputs. Triggered inputs do not depend on the model, so
         `transfer_from` adds nothing and is ignored."""
         clean = predict(model, images.x, batch_size)
-        report: dict[str, Any] = {
-            "n": len(images),
-            "clean_acc": float((clean == images.y).float().mean()),
-            "clean_to_target": attack_success_rate(clean, images.y, self.target_class),
-        }
         if only is not None and "triggered" not in only:
-            return report, {}
+            return {"n": len(images), **self.scores(images.y, clean)}, {}
         triggered = self.contrasts()["triggered"](model, images.x, images.y, seed)
-        report["asr"] = attack_success_rate(triggered.pred, images.y, self.target_class)
-        report["triggered_acc"] = float((triggered.pred == images.y).float().mean())
+        report = {"n": len(images), **self.scores(images.y, clean, triggered.pred)}
         return report, {"triggered": triggered.x}
 
     def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:

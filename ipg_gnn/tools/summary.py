@@ -1,5 +1,6 @@
 """Gather the reports of repair sweeps (e.g. the budget sweep
-`python repair.py -m experiment=net1_flow repair.fraction=0.025,0.05,0.1,0.2,0.5`) into one table.
+`python repair.py -m experiment=budget_sweep repair.fraction=0.025,0.05,0.1,0.2,0.5`) into one
+table.
 
 `python -m ipg_gnn.tools.summary <multirun dir> [<more dirs>] [--out DIR]` prints a markdown
 table, one row per job (layer, level, budget), and writes it as `summary.md` and `summary.json`
