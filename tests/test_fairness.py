@@ -323,3 +323,33 @@ def test_the_temperature_sharpens_the_score_the_gap_sees():
     assert float(sharp(model, batch, 1)) == pytest.approx(ce + 0.4)
     with pytest.raises(ConfigError, match="temperature"):
         FairnessLoss("sex", temperature=0.0)
+
+
+def test_loss_gradient_of_the_objective_ranks_units_by_the_group_gap():
+    from ipg_gnn.explain import LossGradient
+    from ipg_gnn.targets import MLP
+
+    torch.manual_seed(0)
+    model = MLP((1, 1, 6), 2, widths=(8,)).eval()
+    x, y = torch.rand(40, 1, 1, 6), torch.randint(0, 2, (40,))
+    images = Images(x, y, {"sex": torch.randint(0, 2, (40,))})
+    gap_only = FairnessLoss("sex", weight=5.0, ce_weight=0.0)
+
+    class Source:  # what a repair job hands the attributor: here the gap is the whole loss
+        seed = 0
+
+        def __init__(self):
+            self.model = model
+
+        def inputs(self):
+            return images
+
+        def repair_loss(self):
+            return gap_only
+
+    a, _ = LossGradient("unprivileged", loss="objective", batch_size=40)(Source())
+    w, b = torch.autograd.grad(gap_only(model, images, 0), [model.net[1].weight, model.net[1].bias])
+    torch.testing.assert_close(a.node[6:14], (w**2).sum(1) + b**2)
+    assert a.score == "squared gradient of the repair loss"
+    with pytest.raises(ConfigError, match="contrast or objective"):
+        LossGradient("unprivileged", loss="gap")

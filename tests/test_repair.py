@@ -12,6 +12,7 @@ import torch
 from art.attacks.evasion import ProjectedGradientDescent
 
 from ipg_gnn.attacks import Attack, seed_attack_rng
+from ipg_gnn.data import Images
 from ipg_gnn.explain import (
     GNNExplainer,
     IntegratedGradients,
@@ -19,6 +20,7 @@ from ipg_gnn.explain import (
     PGExplainer,
     Saliency,
     flow_difference,
+    loss_gradient,
 )
 from ipg_gnn.objectives import AdversarialLoss, Robustness
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
@@ -120,6 +122,49 @@ def test_flow_difference_matches_a_hand_computation():
     assert float(a.node_reference.abs().sum()) == 0.0  # the pairing is the contrast
     with pytest.raises(ValueError, match="pair one to one"):
         flow_difference(model, x, x_adv[:3], progress=False)
+
+
+def test_loss_gradient_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = MLP((1, 1, 3), 2, widths=(4,)).eval()
+    x, y = torch.rand(5, 1, 1, 3), torch.tensor([0, 1, 1, 0, 1])
+    a, topology = loss_gradient(model, Images(x, y), batch_size=2, progress=False)
+    layers = (model.net[1], model.net[3])
+    squares = [torch.zeros(4, 3), torch.zeros(4), torch.zeros(2, 4), torch.zeros(2)]
+    for i in range(0, 5, 2):  # batches of 2, 2, 1: the mean of their squared mean gradients
+        loss = torch.nn.functional.cross_entropy(model(x[i : i + 2]), y[i : i + 2])
+        grads = torch.autograd.grad(loss, [p for m in layers for p in (m.weight, m.bias)])
+        for total, g in zip(squares, grads, strict=True):
+            total += g**2 / 3
+    w1, b1, w2, b2 = squares
+    torch.testing.assert_close(a.edge, torch.cat([w1.flatten(), w2.flatten()]))
+    expected_nodes = torch.cat([torch.zeros(3), w1.sum(1) + b1, w2.sum(1) + b2])
+    torch.testing.assert_close(a.node, expected_nodes)  # inputs have no parameters: 0
+    assert topology.num_nodes == 9 and set(a.stability) == {"spearman_halves", "top1_overlap"}
+    with pytest.raises(ValueError, match="at least one input"):
+        loss_gradient(model, Images(x[:0], y[:0]), progress=False)
+
+
+def test_loss_gradient_sums_a_convolution_kernel_per_edge():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, groups=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, groups=2),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 3),
+    ).eval()  # fmt: skip
+    x, y = torch.rand(6, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
+    a, topology = loss_gradient(model, Images(x, y), batch_size=6, progress=False)
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    conv, bias = (g**2 for g in torch.autograd.grad(loss, [model[2].weight, model[2].bias]))
+    lo = next(layer["offset"] for layer in topology.layers if layer["name"] == "2")
+    src, dst = topology.edge_index
+    into = torch.nonzero((dst >= lo) & (dst < lo + 4)).flatten()
+    assert len(into) == 4 * 2  # a grouped convolution: each unit reads its own group's 2
+    first = next(layer["offset"] for layer in topology.layers if layer["name"] == "0")
+    for e in into.tolist():
+        unit, source = int(dst[e]) - lo, int(src[e]) - first
+        assert source // 2 == unit // 2
+        torch.testing.assert_close(a.edge[e], conv[unit, source % 2].sum())  # (4, 2, 3, 3)
+    torch.testing.assert_close(a.node[lo : lo + 4], conv.flatten(1).sum(1) + bias)
 
 
 def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path, caplog):  # noqa: F811
@@ -628,6 +673,7 @@ def test_plan_quality_scores_each_explainer_against_random_plans(tmp_path):
             "logger=none",
             "~study.explainers.saliency",
             "study.explainers.paired_ig.steps=4",
+            "study.explainers.loss_gradient.batch_size=8",
             "study.fractions=[0.1,0.5]",
             "study.draws=2",
             "study.steps=2",
@@ -637,11 +683,12 @@ def test_plan_quality_scores_each_explainer_against_random_plans(tmp_path):
         ],
     )
     result = run_plan_quality(cfg)
-    assert set(result["explainers"]) == {"flow_difference", "paired_ig"}
+    assert set(result["explainers"]) == {"flow_difference", "paired_ig", "loss_gradient"}
     for row in result["explainers"].values():
         assert len(row["gain"]) == len(row["random_mean"]) == 2
         assert all(abs(g) < 1 for g in row["gain"])
-    assert "spearman_halves" in result["explainers"]["paired_ig"]["stability"]
+    for name in ("paired_ig", "loss_gradient"):
+        assert "spearman_halves" in result["explainers"][name]["stability"]
     run = tmp_path / "run"
     assert json.loads((run / "plan_quality.json").read_text())["fractions"] == [0.1, 0.5]
     assert (run / "plan_quality.png").stat().st_size > 10_000

@@ -1,5 +1,6 @@
 """Attribution: which IPG units and edges make a contrast population flow differently, over
-the GNN detector (PyG explainers) or from the model's dense IPGs (flow difference)."""
+the GNN detector (PyG explainers) or from the model itself (flow difference of its dense IPGs, loss
+gradient of its units)."""
 
 from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor
 from ipg_gnn.explain.detector import (
@@ -11,6 +12,7 @@ from ipg_gnn.explain.detector import (
     Saliency,
 )
 from ipg_gnn.explain.flow import FlowDifference, flow_difference
+from ipg_gnn.explain.gradient import LossGradient, loss_gradient
 
 __all__ = [
     "Attribution",
@@ -20,8 +22,10 @@ __all__ = [
     "FlowDifference",
     "GNNExplainer",
     "IntegratedGradients",
+    "LossGradient",
     "PairedIntegratedGradients",
     "PGExplainer",
     "Saliency",
     "flow_difference",
+    "loss_gradient",
 ]

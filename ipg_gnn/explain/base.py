@@ -17,7 +17,7 @@ from torch import nn
 
 from ipg_gnn.data import Images
 from ipg_gnn.graphs import IPGDataset, Topology
-from ipg_gnn.objectives import Contrast, Population
+from ipg_gnn.objectives import Contrast, Population, RepairLoss
 
 
 @dataclass
@@ -65,6 +65,9 @@ class AttributionSource(Protocol):
 
     def detector(self, num_nodes: int) -> nn.Module:
         """The train run's GNN detector."""
+
+    def repair_loss(self) -> RepairLoss:
+        """The repair's objective loss before any unit is planned (no consistency term)."""
 
 
 class Attributor(ABC):

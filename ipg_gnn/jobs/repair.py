@@ -34,7 +34,7 @@ from ipg_gnn.jobs.stages import (
     make_objective,
     split_inputs,
 )
-from ipg_gnn.objectives import Contrast, FitModel, Objective, Population
+from ipg_gnn.objectives import Contrast, FitModel, Objective, Population, RepairLoss
 from ipg_gnn.plan import PlanError, RepairPlan, choose_targets, make_plan
 from ipg_gnn.plan.plot import plot_plan
 from ipg_gnn.provenance import CapturePlan, trace
@@ -177,6 +177,12 @@ class RepairSplitSource:
     def detector(self, num_nodes: int) -> nn.Module:
         self.used_detector = self.run.directory / "detector.pt"
         return self.run.detector(num_nodes)
+
+    def repair_loss(self) -> RepairLoss:
+        objective = make_objective(self.cfg)
+        loss = getattr(objective, "loss", {})
+        off = {"consistency_weight": 0.0} if "consistency_weight" in loss else {}
+        return objective.repair_loss({}, self.seed, **off)
 
 
 def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:
