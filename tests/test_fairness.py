@@ -183,8 +183,13 @@ def _german_file(root, n: int = 400, seed: int = 0) -> None:
 
 
 def test_objective_fairness_runs_train_and_repair_end_to_end(tmp_path):
-    from ipg_gnn.jobs.repair import run_repair
+    from omegaconf import open_dict
+
+    from ipg_gnn.explain import LossGradient
+    from ipg_gnn.jobs.repair import RepairSplitSource, run_repair
+    from ipg_gnn.jobs.stages import make_objective
     from ipg_gnn.jobs.train import run_train
+    from ipg_gnn.runs.tracking import StageClock
 
     _german_file(tmp_path)
     common = ["objective=fairness", "logger=none", f"paths.data_dir={tmp_path}"]
@@ -249,6 +254,20 @@ def test_objective_fairness_runs_train_and_repair_end_to_end(tmp_path):
     assert lo <= repaired["before"]["eo_diff"] <= hi
     text = (tmp_path / "run" / "repair_report.md").read_text()
     assert "| targeted repair |" in text and "EO diff" in text
+
+    # explainer.loss=objective through the repair job's own source: the fairness loss's gradient.
+    cfg = compose_config("repair", tmp_path, [*common, "experiment=fairness"])
+    with open_dict(cfg):
+        cfg.dataset = loaded.cfg.dataset
+    source = RepairSplitSource(cfg, loaded, make_objective(loaded.cfg), StageClock())
+    a, topology = LossGradient("unprivileged", loss="objective", batch_size=10_000)(source)
+    layer = next(x for x in topology.layers if x["name"] == "net.1")
+    w, b = (module := loaded.model.net[1]).weight, module.bias
+    repair_loss = source.repair_loss()
+    with repair_loss.attach(loaded.model):
+        gw, gb = torch.autograd.grad(repair_loss(loaded.model, source.inputs(), 0), [w, b])
+    lo = layer["offset"]
+    torch.testing.assert_close(a.node[lo : lo + layer["num_units"]], (gw**2).sum(1) + gb**2)
 
 
 def test_the_study_chooses_on_validation_within_the_accuracy_tolerance():
@@ -350,6 +369,6 @@ def test_loss_gradient_of_the_objective_ranks_units_by_the_group_gap():
     a, _ = LossGradient("unprivileged", loss="objective", batch_size=40)(Source())
     w, b = torch.autograd.grad(gap_only(model, images, 0), [model.net[1].weight, model.net[1].bias])
     torch.testing.assert_close(a.node[6:14], (w**2).sum(1) + b**2)
-    assert a.score == "squared gradient of the repair loss"
+    assert a.score == "squared mean gradient of the repair loss"
     with pytest.raises(ConfigError, match="contrast or objective"):
         LossGradient("unprivileged", loss="gap")

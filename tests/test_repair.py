@@ -126,45 +126,57 @@ def test_flow_difference_matches_a_hand_computation():
 
 def test_loss_gradient_matches_a_hand_computation():
     torch.manual_seed(0)
-    model = MLP((1, 1, 3), 2, widths=(4,)).eval()
+    model = MLP((1, 1, 3), 2, widths=(4,)).eval().requires_grad_(False)  # frozen: still works
     x, y = torch.rand(5, 1, 1, 3), torch.tensor([0, 1, 1, 0, 1])
     a, topology = loss_gradient(model, Images(x, y), batch_size=2, progress=False)
     layers = (model.net[1], model.net[3])
-    squares = [torch.zeros(4, 3), torch.zeros(4), torch.zeros(2, 4), torch.zeros(2)]
-    for i in range(0, 5, 2):  # batches of 2, 2, 1: the mean of their squared mean gradients
-        loss = torch.nn.functional.cross_entropy(model(x[i : i + 2]), y[i : i + 2])
-        grads = torch.autograd.grad(loss, [p for m in layers for p in (m.weight, m.bias)])
-        for total, g in zip(squares, grads, strict=True):
-            total += g**2 / 3
-    w1, b1, w2, b2 = squares
+    with torch.enable_grad():
+        model.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(model(x), y)  # batches of 2, 2, 1 average to it
+        w1, b1, w2, b2 = (
+            g**2 for g in torch.autograd.grad(loss, [p for m in layers for p in (m.weight, m.bias)])
+        )
     torch.testing.assert_close(a.edge, torch.cat([w1.flatten(), w2.flatten()]))
     expected_nodes = torch.cat([torch.zeros(3), w1.sum(1) + b1, w2.sum(1) + b2])
-    torch.testing.assert_close(a.node, expected_nodes)  # inputs have no parameters: 0
+    torch.testing.assert_close(a.node, expected_nodes)  # inputs own no parameters: 0
     assert topology.num_nodes == 9 and set(a.stability) == {"spearman_halves", "top1_overlap"}
     with pytest.raises(ValueError, match="at least one input"):
         loss_gradient(model, Images(x[:0], y[:0]), progress=False)
 
 
-def test_loss_gradient_sums_a_convolution_kernel_per_edge():
+def test_loss_gradient_maps_convolutions_batchnorm_and_flattened_maps():
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3, groups=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, groups=2),
-        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(4 * 2 * 2, 3),
+        torch.nn.Conv2d(1, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+        torch.nn.Conv2d(4, 4, 3, groups=2), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(4 * 2 * 2, 3),
     ).eval()  # fmt: skip
     x, y = torch.rand(6, 1, 6, 6), torch.tensor([0, 1, 2, 0, 1, 2])
     a, topology = loss_gradient(model, Images(x, y), batch_size=6, progress=False)
+    assert model.training is False and all(p.requires_grad for p in model.parameters())
     loss = torch.nn.functional.cross_entropy(model(x), y)
-    conv, bias = (g**2 for g in torch.autograd.grad(loss, [model[2].weight, model[2].bias]))
-    lo = next(layer["offset"] for layer in topology.layers if layer["name"] == "2")
+    params = [model[0].weight, model[1].weight, model[1].bias, model[3].weight, model[3].bias]
+    first, scale, shift, conv, bias, head = (
+        g**2 for g in torch.autograd.grad(loss, [*params, model[6].weight])
+    )
+    offset = {layer["name"]: layer["offset"] for layer in topology.layers}
+    # A unit of the first conv owns its filter and the folded BatchNorm's scale and shift.
+    lo = offset["0"]
+    torch.testing.assert_close(a.node[lo : lo + 4], first.flatten(1).sum(1) + scale + shift)
     src, dst = topology.edge_index
+    lo = offset["3"]
     into = torch.nonzero((dst >= lo) & (dst < lo + 4)).flatten()
     assert len(into) == 4 * 2  # a grouped convolution: each unit reads its own group's 2
-    first = next(layer["offset"] for layer in topology.layers if layer["name"] == "0")
     for e in into.tolist():
-        unit, source = int(dst[e]) - lo, int(src[e]) - first
+        unit, source = int(dst[e]) - lo, int(src[e]) - offset["0"]
         assert source // 2 == unit // 2
         torch.testing.assert_close(a.edge[e], conv[unit, source % 2].sum())  # (4, 2, 3, 3)
     torch.testing.assert_close(a.node[lo : lo + 4], conv.flatten(1).sum(1) + bias)
+    # The head reads the flattened map: one edge per channel, its 4 positions summed.
+    lo = offset["6"]
+    for e in torch.nonzero(dst >= lo).flatten().tolist():
+        unit, channel = int(dst[e]) - lo, int(src[e]) - offset["3"]
+        torch.testing.assert_close(a.edge[e], head[unit, 4 * channel : 4 * channel + 4].sum())
 
 
 def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path, caplog):  # noqa: F811

@@ -318,7 +318,14 @@ def ranking_stability(scores: torch.Tensor, top_fraction: float, seed: int) -> d
         return {}
     order = torch.randperm(len(scores), generator=torch.Generator().manual_seed(seed))
     half = len(scores) // 2
-    a, b = scores[order[:half]].mean(0), scores[order[half:]].mean(0)
+    return ranking_agreement(
+        scores[order[:half]].mean(0), scores[order[half:]].mean(0), top_fraction
+    )
+
+
+def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_fraction: float) -> dict[str, float]:
+    """How far two unit rankings agree: Spearman correlation of the scores `a` and `b`, and the
+    share of `a`'s top `top_fraction` units among `b`'s."""
     ranks_a, ranks_b = a.argsort().argsort().double(), b.argsort().argsort().double()
     spearman = float(torch.corrcoef(torch.stack([ranks_a, ranks_b]))[0, 1])
     k = max(1, int(round(top_fraction * len(a))))

@@ -30,9 +30,10 @@ from ipg_gnn.provenance import CaptureConfig, IPGCapture
 from ipg_gnn.runs.keys import model_fingerprint
 
 
-def dense_capture(model: nn.Module, example: torch.Tensor, chunk_size: int):
+def dense_capture(model: nn.Module, example: torch.Tensor, chunk_size: int = 256):
     """A capturer of dense IPGs with input features as nodes (every weight an edge), and its
-    topology."""
+    topology; `chunk_size` inputs per capture (unused by a caller that needs the topology
+    alone)."""
     config = CaptureConfig(mode="dense", include_input=True, chunk_size=chunk_size)
     capturer = IPGCapture(model, example[:1], config)
     return capturer, Topology.from_capture(capturer, model_fingerprint(model))

@@ -1,24 +1,26 @@
-"""Loss-gradient attribution: the units whose own parameters move the contrast loss most.
+"""Loss-gradient attribution: the units whose own parameters move a repair loss most.
 
 The flow difference ranks units by how far their flow moves under the contrast; the detector
 explainers by what tells the contrast apart. Neither asks what repair needs: which units, if
 adapted, lower the model's loss on the contrast inputs (for robustness: cross-entropy on the
-adversarial versions at the true labels). To first order one gradient step on a unit's incoming
-weights and bias lowers that loss by the squared norm of their gradient, so this attributor
-scores:
+adversarial versions at the true labels). To first order one plain gradient step on a set of
+parameters lowers a loss by the squared norm of its gradient, so this attributor takes the
+loss's gradient averaged over all inputs (`g`) and scores:
 
-- an edge (one weight, summed over a kernel's positions) by its squared loss gradient, averaged
-  over batches of the repair split;
-- a unit by the summed squared gradient of its incoming weights and bias (what a plan of that
-  unit trains); input units and residual adds have no parameters and score 0.
+- an edge (one weight, summed over a kernel's positions) by `g**2`;
+- a unit by the summed `g**2` of every parameter it owns, as a node target of the plan frees
+  them: its incoming weights, its bias and a folded BatchNorm's scale and shift; input units
+  and residual adds own none and score 0.
 
 The scores index the same dense topology as the flow difference (input features as nodes), so
-the plans of the two compare unit for unit. No detector is involved.
+the plans of the two compare unit for unit. No detector is involved. The ranking's stability
+compares the unit scores of the gradients averaged over two random halves of the batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -28,116 +30,150 @@ from tqdm.auto import tqdm
 from ipg_gnn.data import Images
 from ipg_gnn.errors import ConfigError
 from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor
-from ipg_gnn.explain.detector import ranking_stability
+from ipg_gnn.explain.detector import ranking_agreement
 from ipg_gnn.explain.flow import dense_capture
 from ipg_gnn.graphs import Topology
 from ipg_gnn.provenance import LayerKind
+from ipg_gnn.provenance.ops import CaptureOp
 from ipg_gnn.provenance.rules.conv import ungroup
 
+LossFn = Callable[[nn.Module, Images], torch.Tensor]
 
-def s_form(op, grad: torch.Tensor) -> torch.Tensor:
-    """A module's weight-shaped `grad` in its capture op's (units, input units, K) layout."""
+
+def cross_entropy(model: nn.Module, batch: Images) -> torch.Tensor:
+    """The contrast loss: cross-entropy of the batch's (contrast) inputs at their labels."""
+    return F.cross_entropy(model(batch.x), batch.y)
+
+
+@contextlib.contextmanager
+def differentiable(model: nn.Module) -> Iterator[None]:
+    """`model` in eval mode with every parameter requiring grad (a frozen or loaded model
+    included), restored afterwards: attribution must not change the model it explains."""
+    training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+        model.train(training)
+
+
+def mean_gradients(
+    model: nn.Module,
+    images: Images,
+    params: list[nn.Parameter],
+    loss_fn: LossFn,
+    batch_size: int,
+    seed: int,
+    progress: bool,
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """The gradient of `loss_fn` for each of `params`, averaged over `images` (each batch
+    weighted by its size), and the same average over each of two random halves of the batches
+    (an empty list when there is a single batch)."""
+    starts = list(range(0, len(images), batch_size))
+    half = torch.zeros(len(starts), dtype=torch.long)
+    half[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[::2]] = 1
+    sums = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    counts = [0, 0]
+    with differentiable(model):
+        for b, i in enumerate(
+            tqdm(starts, desc="attribution (loss_gradient)", disable=not progress, leave=False)
+        ):
+            batch = images.subset(torch.arange(i, min(i + batch_size, len(images))))
+            grads = torch.autograd.grad(loss_fn(model, batch), params)
+            h = int(half[b])
+            counts[h] += len(batch)
+            for total, g in zip(sums[h], grads, strict=True):
+                total.add_(g, alpha=len(batch))
+    mean = [(a + b) / len(images) for a, b in zip(*sums, strict=True)]
+    halves = (
+        [[s / n for s in part] for part, n in zip(sums, counts, strict=True)] if all(counts) else []
+    )
+    return mean, halves
+
+
+def op_layout(op: CaptureOp, grad: torch.Tensor) -> torch.Tensor:
+    """A layer's weight-shaped `grad` in its capture op's (units, input units, K) layout, the
+    layout whose (unit, input unit) pairs are the topology's edges."""
     if op.groups == 1:
         return grad.reshape(op.weight.shape)
     return ungroup(grad.reshape(grad.shape[0], grad.shape[1], -1), op.groups)
 
 
-def cross_entropy(model: nn.Module, batch: Images) -> torch.Tensor:
-    return F.cross_entropy(model(batch.x), batch.y)
+def edge_scores(topology: Topology, op: CaptureOp, weight_score: torch.Tensor) -> torch.Tensor:
+    """(indices of the topology's edges into `op`'s layer, their scores): a weight-shaped score
+    summed over each edge's kernel positions."""
+    src, dst = topology.edge_index
+    lo = op.layer.offset
+    local = torch.full((topology.num_nodes,), -1, dtype=torch.long)
+    valid = op.src_nodes >= 0
+    local[op.src_nodes[valid]] = torch.nonzero(valid).flatten()
+    into = torch.nonzero((dst >= lo) & (dst < lo + op.layer.num_units)).flatten()
+    return into, op_layout(op, weight_score).sum(-1)[dst[into] - lo, local[src[into]]]
 
 
-def squared_loss_gradients(
-    model: nn.Module,
-    images: Images,
-    modules: dict[str, nn.Module],
-    loss_fn: Callable[[nn.Module, Images], torch.Tensor],
-    batch_size: int,
-    progress: bool,
-) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor | None]], torch.Tensor]:
-    """Per module: the squared gradient of `loss_fn` for its weight and bias, averaged over
-    batches of `images`; and each batch's per-unit score (batches, modules' units in order)
-    for the stability of the ranking."""
-    model = model.eval()
-    params = [(name, m.weight, m.bias) for name, m in modules.items()]
-    sums = {name: (torch.zeros_like(w), None if b is None else torch.zeros_like(b))
-            for name, w, b in params}  # fmt: skip
-    per_batch = []
-    batches = range(0, len(images), batch_size)
-    for i in tqdm(batches, desc="attribution (loss_gradient)", disable=not progress, leave=False):
-        loss = loss_fn(model, images.subset(torch.arange(i, min(i + batch_size, len(images)))))
-        flat = [p for _, w, b in params for p in (w, b) if p is not None]
-        grads = iter(torch.autograd.grad(loss, flat))
-        units = []
-        for name, _, b in params:
-            gw = next(grads) ** 2
-            gb = None if b is None else next(grads) ** 2
-            sums[name][0].add_(gw)
-            if gb is not None:
-                sums[name][1].add_(gb)
-            units.append(gw.reshape(len(gw), -1).sum(1) + (0 if gb is None else gb))
-        per_batch.append(torch.cat(units))
-    n = len(batches)
-    mean = {name: (w / n, None if b is None else b / n) for name, (w, b) in sums.items()}
-    return mean, torch.stack(per_batch)
+def unit_scores(params: list[torch.Tensor]) -> torch.Tensor:
+    """Per unit: the sum of squared gradients over every parameter it owns (first dimension)."""
+    return sum(g.reshape(len(g), -1).pow(2).sum(1) for g in params)
 
 
 def loss_gradient(
     model: nn.Module,
     images: Images,
-    loss_fn: Callable[[nn.Module, Images], torch.Tensor] = cross_entropy,
+    loss_fn: LossFn = cross_entropy,
     batch_size: int = 64,
-    chunk_size: int = 256,
     top_fraction: float = 0.1,
     seed: int = 0,
     progress: bool = True,
-    score: str = "squared cross-entropy gradient",
+    score: str = "squared mean cross-entropy gradient",
 ) -> tuple[Attribution, Topology]:
-    """Squared gradients of `loss_fn` (default: cross-entropy) on `images` per weight (edge) and
-    per unit's incoming weights and bias (node), on the dense topology of `model`."""
+    """Squared mean gradients of `loss_fn` (default: cross-entropy) over `images`, per weight
+    (edge) and per unit's owned parameters (node), on the dense topology of `model`."""
     if len(images) == 0:
         raise ValueError("loss-gradient attribution needs at least one input")
-    if batch_size < 1:
-        raise ValueError(f"explainer batch_size must be >= 1; got {batch_size}")
-    capturer, topology = dense_capture(model, images.x, chunk_size)
+    capturer, topology = dense_capture(model, images.x[:1])
     ops = [op for op in capturer.plan.ops if LayerKind(op.kind).is_weight]
-    modules = {op.layer.name: model.get_submodule(op.layer.name) for op in ops}
-    grads, per_batch = squared_loss_gradients(model, images, modules, loss_fn, batch_size, progress)
+    owned = [
+        [p for path in op.unit_modules for p in model.get_submodule(path).parameters(False)]
+        for op in ops
+    ]
+    flat = [p for params in owned for p in params]
+    mean, halves = mean_gradients(model, images, flat, loss_fn, batch_size, seed, progress)
     node = torch.zeros(topology.num_nodes)
     edge = torch.zeros(topology.edge_index.shape[1])
-    batch_node = torch.zeros(len(per_batch), topology.num_nodes)
-    src, dst = topology.edge_index
+    units, half_units = [], [[], []]
     start = 0
-    for op in ops:
-        lo, fo = op.layer.offset, op.layer.num_units
-        gw, gb = grads[op.layer.name]
-        node[lo : lo + fo] = gw.reshape(fo, -1).sum(1) + (0 if gb is None else gb)
-        batch_node[:, lo : lo + fo] = per_batch[:, start : start + fo]
-        start += fo
-        local = torch.full((topology.num_nodes,), -1, dtype=torch.long)
-        valid = op.src_nodes >= 0
-        local[op.src_nodes[valid]] = torch.nonzero(valid).flatten()
-        mine = torch.nonzero((dst >= lo) & (dst < lo + fo)).flatten()
-        edge[mine] = s_form(op, gw).sum(-1)[dst[mine] - lo, local[src[mine]]]
-    zeros = torch.zeros_like
-    attribution = Attribution(
-        node,
-        zeros(node),
-        edge,
-        zeros(edge),
-        LossGradient.name,
-        score,
-        ranking_stability(batch_node, top_fraction, seed),
+    for op, params in zip(ops, owned, strict=True):
+        grads = mean[start : start + len(params)]
+        lo, hi = op.layer.offset, op.layer.offset + op.layer.num_units
+        node[lo:hi] = unit_scores(grads)
+        units.append(torch.arange(lo, hi))
+        for part, grads_half in zip(half_units, halves, strict=False):
+            part.append(unit_scores(grads_half[start : start + len(params)]))
+        into, scores = edge_scores(topology, op, grads[0] ** 2)  # the layer's weight is first
+        edge[into] = scores
+        start += len(params)
+    stability = (
+        ranking_agreement(torch.cat(half_units[0]), torch.cat(half_units[1]), top_fraction)
+        if halves
+        else {}
     )
-    return attribution, topology
+    zeros = torch.zeros_like
+    return Attribution(
+        node, zeros(node), edge, zeros(edge), LossGradient.name, score, stability
+    ), topology
 
 
 class LossGradient(Attributor):
     """`loss_gradient` of one of two losses. `loss=contrast`: cross-entropy on the contrast
     versions of the repair split's inputs (made against the model, at the inputs' true labels),
     or on the contrast population's own inputs where it holds other inputs than the reference
-    (e.g. a group). `loss=objective`: the repair's own objective loss (its consistency term off:
-    no units are planned yet) on the repair split's inputs, e.g. a fairness repair's group gap,
-    which no single population's cross-entropy carries."""
+    (e.g. a group). `loss=objective`: the repair objective's loss (`objective.loss`, its
+    consistency term off: no units are planned yet) on the repair split's inputs, e.g. a fairness
+    repair's group gap, which no single population's cross-entropy carries."""
 
     name = "loss_gradient"
 
@@ -146,7 +182,6 @@ class LossGradient(Attributor):
         contrast: str,
         loss: str = "contrast",
         batch_size: int = 64,
-        chunk_size: int = 256,
         top_fraction: float = 0.1,
         seed: int = 0,
     ) -> None:
@@ -155,7 +190,7 @@ class LossGradient(Attributor):
             raise ConfigError(f"explainer.loss must be contrast or objective; got {loss!r}")
         if batch_size < 1:
             raise ConfigError(f"explainer.batch_size must be >= 1; got {batch_size}")
-        self.loss, self.batch_size, self.chunk_size = loss, batch_size, chunk_size
+        self.loss, self.batch_size = loss, batch_size
         self.top_fraction, self.seed = top_fraction, seed
 
     def __call__(self, source: AttributionSource) -> tuple[Attribution, Topology]:
@@ -173,19 +208,15 @@ class LossGradient(Attributor):
         )
 
     def attribute(
-        self,
-        source: AttributionSource,
-        images: Images,
-        loss_fn: Callable[[nn.Module, Images], torch.Tensor],
-        loss_name: str,
+        self, source: AttributionSource, images: Images, loss_fn: LossFn, loss_name: str
     ) -> tuple[Attribution, Topology]:
+        """`loss_gradient` of `loss_fn` on `images` with this attributor's settings."""
         return loss_gradient(
             source.model,
             images,
             loss_fn,
             self.batch_size,
-            self.chunk_size,
             self.top_fraction,
             self.seed,
-            score=f"squared gradient of {loss_name}",
+            score=f"squared mean gradient of {loss_name}",
         )

@@ -182,7 +182,13 @@ class RepairSplitSource:
         objective = make_objective(self.cfg)
         loss = getattr(objective, "loss", {})
         off = {"consistency_weight": 0.0} if "consistency_weight" in loss else {}
-        return objective.repair_loss({}, self.seed, **off)
+        try:
+            return objective.repair_loss({}, self.seed, **off)
+        except ConfigError as e:
+            raise ConfigError(
+                f"explainer.loss=objective: the {type(objective).__name__} objective cannot make "
+                f"its repair loss before the repair starts ({e}); use explainer.loss=contrast"
+            ) from e
 
 
 def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:

@@ -111,6 +111,12 @@ class CaptureOp:
         sums = [_position_sum(values[name]) for name in self.inputs]
         return torch.cat(sums, dim=1).unsqueeze(-1)
 
+    @property
+    def unit_modules(self) -> list[str]:
+        """Module paths whose parameters a unit of this layer owns (indexed by unit along their
+        first dimension): the layer's own and a BatchNorm folded into it."""
+        return [self.layer.name, *([self.norm] if self.norm else [])]
+
     def connected(self) -> torch.Tensor:
         """(Fo, Fi): which (unit, input unit) pairs can carry an edge: captured inputs, and for
         a grouped convolution only those of the unit's own group."""

@@ -59,10 +59,9 @@ def unit_parameters(
 ) -> dict[str, nn.Parameter]:
     """The parameters a node target of `layer` owns, indexed by unit along their first
     dimension: the layer's own and those of a BatchNorm folded into it."""
-    modules = [layer] + [m for m in [_op(capture_plan, layer).norm] if m]
     return {
         f"{path}.{name}": p
-        for path in modules
+        for path in _op(capture_plan, layer).unit_modules
         for name, p in model.get_submodule(path).named_parameters(recurse=False)
     }
 
