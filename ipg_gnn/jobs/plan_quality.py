@@ -117,6 +117,8 @@ def plot_plan_quality(results: dict[str, Any], path: Path) -> Path:
         ylabel="relative fall of the repair loss (validation)",
         title="Plan quality by look-ahead",
     )
+    ax.set_xticks(fractions, [f"{f:.3g}" for f in fractions], minor=False)
+    ax.minorticks_off()  # log-scale minor labels collide between close budgets
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
