@@ -81,3 +81,13 @@ class Attributor(ABC):
     @abstractmethod
     def __call__(self, source: AttributionSource) -> tuple[Attribution, Topology]:
         """The attribution and the topology its scores index."""
+
+
+def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_fraction: float) -> dict[str, float]:
+    """How far two unit rankings agree: Spearman correlation of the scores `a` and `b`, and the
+    share of `a`'s top `top_fraction` units among `b`'s."""
+    ranks_a, ranks_b = a.argsort().argsort().double(), b.argsort().argsort().double()
+    spearman = float(torch.corrcoef(torch.stack([ranks_a, ranks_b]))[0, 1])
+    k = max(1, int(round(top_fraction * len(a))))
+    top_a, top_b = set(a.topk(k).indices.tolist()), set(b.topk(k).indices.tolist())
+    return {"spearman_halves": spearman, f"top{k}_overlap": len(top_a & top_b) / k}

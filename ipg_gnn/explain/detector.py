@@ -34,7 +34,7 @@ from torch_geometric.loader import DataLoader
 from tqdm.auto import tqdm
 
 from ipg_gnn.errors import ConfigError
-from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor
+from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor, ranking_agreement
 from ipg_gnn.graphs import IPGDataset, Topology
 
 
@@ -321,13 +321,3 @@ def ranking_stability(scores: torch.Tensor, top_fraction: float, seed: int) -> d
     return ranking_agreement(
         scores[order[:half]].mean(0), scores[order[half:]].mean(0), top_fraction
     )
-
-
-def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_fraction: float) -> dict[str, float]:
-    """How far two unit rankings agree: Spearman correlation of the scores `a` and `b`, and the
-    share of `a`'s top `top_fraction` units among `b`'s."""
-    ranks_a, ranks_b = a.argsort().argsort().double(), b.argsort().argsort().double()
-    spearman = float(torch.corrcoef(torch.stack([ranks_a, ranks_b]))[0, 1])
-    k = max(1, int(round(top_fraction * len(a))))
-    top_a, top_b = set(a.topk(k).indices.tolist()), set(b.topk(k).indices.tolist())
-    return {"spearman_halves": spearman, f"top{k}_overlap": len(top_a & top_b) / k}

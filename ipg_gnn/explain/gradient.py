@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 
 from ipg_gnn.data import Images
 from ipg_gnn.errors import ConfigError
-from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor
-from ipg_gnn.explain.detector import ranking_agreement
+from ipg_gnn.explain.base import Attribution, AttributionSource, Attributor, ranking_agreement
 from ipg_gnn.explain.flow import dense_capture
 from ipg_gnn.graphs import Topology
 from ipg_gnn.provenance import LayerKind
@@ -103,7 +102,9 @@ def op_layout(op: CaptureOp, grad: torch.Tensor) -> torch.Tensor:
     return ungroup(grad.reshape(grad.shape[0], grad.shape[1], -1), op.groups)
 
 
-def edge_scores(topology: Topology, op: CaptureOp, weight_score: torch.Tensor) -> torch.Tensor:
+def edge_scores(
+    topology: Topology, op: CaptureOp, weight_score: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(indices of the topology's edges into `op`'s layer, their scores): a weight-shaped score
     summed over each edge's kernel positions."""
     src, dst = topology.edge_index
@@ -144,13 +145,12 @@ def loss_gradient(
     mean, halves = mean_gradients(model, images, flat, loss_fn, batch_size, seed, progress)
     node = torch.zeros(topology.num_nodes)
     edge = torch.zeros(topology.edge_index.shape[1])
-    units, half_units = [], [[], []]
+    half_units = [[], []]
     start = 0
     for op, params in zip(ops, owned, strict=True):
         grads = mean[start : start + len(params)]
         lo, hi = op.layer.offset, op.layer.offset + op.layer.num_units
         node[lo:hi] = unit_scores(grads)
-        units.append(torch.arange(lo, hi))
         for part, grads_half in zip(half_units, halves, strict=False):
             part.append(unit_scores(grads_half[start : start + len(params)]))
         into, scores = edge_scores(topology, op, grads[0] ** 2)  # the layer's weight is first
