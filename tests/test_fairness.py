@@ -296,6 +296,36 @@ def test_the_study_labels_anchored_repairs_with_both_weights():
     assert [p["setting"] for p in curves["random"]] == [2.0]
 
 
+def test_the_study_averages_a_setting_over_repair_seeds():
+    from ipg_gnn.tools.fairness_study import repair_curves
+
+    def row(acc, val_eo):
+        return {
+            "clean_acc": acc,
+            "ci": {"clean_acc": [acc - 0.01, acc + 0.01]},
+            "by_group": {"privileged": {"tpr": acc - 0.2}},
+            "val": {"clean_acc": acc + 0.01, "eo_diff": val_eo},
+            "history": [{"step": 10, "loss": acc}],
+            "n": 100,
+        }
+
+    jobs = [
+        {"weight": 2.0, "anchor": 0.0, "seed": 0, "after": row(0.80, 0.10), "baselines": {}},
+        {"weight": 2.0, "anchor": 0.0, "seed": 1, "after": row(0.84, 0.04), "baselines": {}},
+        {"weight": 4.0, "anchor": 0.0, "seed": 0, "after": row(0.78, 0.02), "baselines": {}},
+    ]
+    two, one = repair_curves(jobs)["targeted"]
+    # Weight 2: the mean of its two repairs, nested numbers too; one model's interval and
+    # history are not averaged, what all repairs share is kept as it is. Weight 4, repaired
+    # once, is its report row as it was.
+    assert two["setting"] == 2.0 and two["partitions"] == 2 and two["n"] == 100
+    assert two["clean_acc"] == pytest.approx(0.82)
+    assert two["val"] == pytest.approx({"clean_acc": 0.83, "eo_diff": 0.07})
+    assert two["by_group"]["privileged"]["tpr"] == pytest.approx(0.62)
+    assert "ci" not in two and "history" not in two
+    assert one == {"setting": 4.0, **row(0.78, 0.02)}
+
+
 def test_the_study_lists_every_point_with_each_groups_tpr():
     from ipg_gnn.tools.fairness_study import points_markdown
 

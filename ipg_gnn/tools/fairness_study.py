@@ -16,9 +16,13 @@ are labelled by their directory's name) and runs, on the same splits of the same
 
 Every method's operating point is chosen on the repair split's validation part only: the lowest
 validation equalized-odds difference among the points whose validation accuracy is within
-`--tolerance` of the original model's. The test numbers of every point are drawn as the curves;
-the table reports the chosen ones. Writes `study.{md,json}`, `tradeoff.png` and
-`group_rates.png` into `--out` (default: the first directory).
+`--tolerance` of the original model's. Sweeps repeated with other repair seeds (`seed=0,1,2`:
+each draws its own fine-tuning / validation partition of the repair split) make one point per
+setting, the mean over the seeds, so the choice rests on every partition's validation part;
+fairlearn's methods are scored (ThresholdOptimizer also fitted) on the same partitions. The
+test numbers of every point are drawn as the curves; the table reports the chosen ones. Writes
+`study.{md,json}`, `tradeoff.png` and `group_rates.png` into `--out` (default: the first
+directory).
 """
 
 from __future__ import annotations
@@ -96,10 +100,36 @@ def gather(directory: Path) -> list[dict[str, Any]]:
         cfg = OmegaConf.load(path.parent / "repair_config.yaml")
         loss = cfg.objective.loss
         weights = {"weight": float(loss.weight), "anchor": float(loss.get("anchor_weight", 0.0))}
-        jobs.append({**weights, "cfg": cfg, **json.loads(path.read_text())})
+        jobs.append({**weights, "seed": int(cfg.seed), "cfg": cfg, **json.loads(path.read_text())})
     if not jobs:
         raise FileNotFoundError(f"no repair_report.json under {directory}")
-    return sorted(jobs, key=lambda j: (j["anchor"], j["weight"]))
+    return sorted(jobs, key=lambda j: (j["anchor"], j["weight"], j["seed"]))
+
+
+def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The mean of report rows of one setting repaired with several repair seeds, number by
+    number (nested ones too). Each seed draws its own fine-tuning / validation partition of
+    the repair split, so the mean validation numbers choose a setting on every partition's
+    held-out part (repeated random sub-sampling) rather than on one small, noisy part.
+    `partitions` says over how many. What is the same in every row is kept as it is; what
+    differs and has no mean (one model's bootstrap intervals, histories) is dropped."""
+    if len(rows) == 1:
+        return dict(rows[0])
+
+    def mean(values: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, first in values[0].items():
+            if not all(key in v for v in values):
+                continue
+            if all(v[key] == first for v in values):
+                out[key] = first  # the same in every row (e.g. the test split's size)
+            elif isinstance(first, Mapping) and key != "ci":
+                out[key] = mean([v[key] for v in values])
+            elif isinstance(first, int | float) and not isinstance(first, bool):
+                out[key] = float(np.mean([v[key] for v in values]))
+        return out
+
+    return {**mean(rows), "partitions": len(rows)}
 
 
 def setting(job: Mapping[str, Any]) -> float | str:
@@ -109,27 +139,31 @@ def setting(job: Mapping[str, Any]) -> float | str:
 
 def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[dict[str, Any]]]:
     """Per repair method (named `<method>, <label>` when a label is given), one point per
-    penalty (and anchor) weight (a random plan: the mean of its draws' numbers)."""
-    curves: dict[str, list[dict[str, Any]]] = {}
+    penalty (and anchor) weight (a random plan: the mean of its draws' numbers; a weight
+    repaired with several repair seeds: the mean over them, `mean_row`)."""
+    rows: dict[str, dict[float | str, list[Mapping]]] = {}
     for job in jobs:
         for method, key in REPAIR_ROWS.items():
             row = job[key] if key == "after" else job["baselines"].get(key)
             if row is not None:
                 name = f"{method}, {label}" if label else method
-                curves.setdefault(name, []).append({"setting": setting(job), **row})
-    return curves
+                rows.setdefault(name, {}).setdefault(setting(job), []).append(row)
+    return {
+        name: [{"setting": s, **mean_row(r)} for s, r in by_setting.items()]
+        for name, by_setting in rows.items()
+    }
 
 
 def reductions_curve(
     run: TrainRun,
     attribute: str,
-    parts: Mapping[str, Images],
+    partitions: Mapping[int, Mapping[str, Images]],
     bounds: Sequence[float],
-    seed: int,
     bootstrap: int = 0,
 ) -> list[dict[str, Any]]:
     """ExponentiatedGradient (equalized odds, each bound) over a logistic regression trained
-    on the target's training split."""
+    on the target's training split, scored on each repair seed's parts (`partitions`: seed ->
+    name -> inputs), the mean over them as the repairs' (`mean_row`)."""
     train = run.splits.images(run.data, "target_train")
     points = []
     for bound in bounds:
@@ -140,11 +174,20 @@ def reductions_curve(
         mitigator.fit(
             features(train), train.y.numpy(), sensitive_features=train.groups[attribute].numpy()
         )
-        point = {"setting": bound}
-        for name, images in parts.items():
-            pred = mitigator.predict(features(images), random_state=seed)
-            point[name] = score(pred, images, attribute, bootstrap, seed)
-        points.append(point)
+        scores = [
+            {
+                name: score(
+                    mitigator.predict(features(images), random_state=seed),
+                    images,
+                    attribute,
+                    bootstrap,
+                    seed,
+                )
+                for name, images in parts.items()
+            }
+            for seed, parts in partitions.items()
+        ]
+        points.append({"setting": bound, **mean_row(scores)})
     return points
 
 
@@ -191,6 +234,7 @@ def as_point(row: Mapping[str, Any]) -> dict[str, Any]:
         "test": test,
         "val": row["val"],
         "params_changed_fraction": row.get("params_changed_fraction"),
+        "partitions": row.get("partitions", 1),
     }
 
 
@@ -283,10 +327,15 @@ def study(
         raise ValueError(f"the sweeps repair other train runs than {first['train_dir']}: {others}")
     run = load_train_run(first["train_dir"])
     attribute = first["cfg"].objective.attribute
-    fine_tune, val = repair_split_parts(run, first["cfg"].repair.val_fraction, first["cfg"].seed)
-    parts = {"val": val, "test": run.splits.images(run.data, "test")}
-    seed = int(first["cfg"].seed)
-    before = first["before"]
+    # One fine-tuning / validation partition of the repair split per repair seed: every
+    # method's validation numbers are the mean over the same partitions.
+    seeds = sorted({j["seed"] for jobs in sweeps.values() for j in jobs})
+    val_fraction = first["cfg"].repair.val_fraction
+    splits = {s: repair_split_parts(run, val_fraction, s) for s in seeds}
+    test = run.splits.images(run.data, "test")
+    partitions = {s: {"val": val, "test": test} for s, (_, val) in splits.items()}
+    befores = {j["seed"]: j["before"] for jobs in sweeps.values() for j in jobs}
+    before = mean_row([befores[s] for s in seeds])
     curves = {
         m: [as_point(r) for r in rows]
         for d, jobs in sweeps.items()
@@ -294,9 +343,13 @@ def study(
     }
     boot = int(first["cfg"].objective.bootstrap)
     curves["reductions (ExpGrad, logistic)"] = reductions_curve(
-        run, attribute, parts, bounds, seed, boot
+        run, attribute, partitions, bounds, boot
     )
-    curves["ThresholdOptimizer"] = [threshold_point(run, attribute, fine_tune, parts, seed, boot)]
+    thresholds = [
+        threshold_point(run, attribute, fine_tune, partitions[s], s, boot)
+        for s, (fine_tune, _) in splits.items()
+    ]
+    curves["ThresholdOptimizer"] = [{"setting": "equalized_odds", **mean_row(thresholds)}]
     chosen = {
         m: choose(points, before["val"]["clean_acc"], tolerance) for m, points in curves.items()
     }
@@ -316,6 +369,7 @@ def study(
         "train_dir": first["train_dir"],
         "attribute": attribute,
         "tolerance": tolerance,
+        "repair_seeds": seeds,
         "before": before,
         "curves": curves,
         "chosen": chosen,
@@ -344,11 +398,13 @@ def cell(numbers: Mapping[str, Any], key: str, fmt: str) -> str:
 def markdown(result: Mapping[str, Any]) -> str:
     """The chosen point of every method, test numbers (bootstrap intervals in brackets)."""
     before = result["before"]
+    seeds = result.get("repair_seeds", [])
+    over = f", the mean over repair seeds {seeds}' partitions" if len(seeds) > 1 else ""
     lines = [
         f"# Fairness study ({result['attribute']})",
         "",
         f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
-        f"validation part (n = {before['val']['n']}; lowest EO diff with accuracy within "
+        f"validation part (n = {before['val']['n']}{over}; lowest EO diff with accuracy within "
         f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (and anchor "
         "weight, if any; repairs) or constraint bound (reductions).",
         "",
