@@ -402,3 +402,11 @@ def test_loss_gradient_of_the_objective_ranks_units_by_the_group_gap():
     assert a.score == "squared mean gradient of the repair loss"
     with pytest.raises(ConfigError, match="contrast or objective"):
         LossGradient("unprivileged", loss="gap")
+
+
+def test_the_one_unit_experiment_plans_one_unit_of_each_hidden_layer(tmp_path):
+    cfg = compose_config("repair", tmp_path, ["experiment=fairness_unit", "train_dir=x"])
+    # fairness's settings with the smallest plan and the random baseline only.
+    assert cfg.objective._target_.endswith("Fairness")
+    assert list(cfg.repair.layer) == ["net.1", "net.3"] and list(cfg.repair.k) == [1, 1]
+    assert list(cfg.repair.baselines) == ["random"] and cfg.repair.finetune.tolerance == 1.0
