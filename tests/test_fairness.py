@@ -326,6 +326,15 @@ def test_the_study_averages_a_setting_over_repair_seeds():
     assert one == {"setting": 4.0, **row(0.78, 0.02)}
 
 
+def test_the_study_refuses_sweeps_of_other_repair_seeds():
+    from ipg_gnn.tools.fairness_study import repair_seeds
+
+    jobs = [{"seed": 1}, {"seed": 0}, {"seed": 1}]
+    assert repair_seeds({Path("a"): jobs, Path("b"): jobs[:2]}) == [0, 1]
+    with pytest.raises(ValueError, match="different repair seeds"):
+        repair_seeds({Path("a"): jobs, Path("b"): [{"seed": 0}]})
+
+
 def test_the_study_lists_every_point_with_each_groups_tpr():
     from ipg_gnn.tools.fairness_study import points_markdown
 

@@ -137,6 +137,15 @@ def setting(job: Mapping[str, Any]) -> float | str:
     return f"{job['weight']:g}, anchor {job['anchor']:g}" if job["anchor"] else job["weight"]
 
 
+def repair_seeds(sweeps: Mapping[Path, Sequence[Mapping]]) -> list[int]:
+    """The repair seeds every sweep was run with: each method's validation numbers must average
+    the same partitions as the original's, so sweeps with other seeds are refused."""
+    by_sweep = {d: sorted({j["seed"] for j in jobs}) for d, jobs in sweeps.items()}
+    if len({tuple(seeds) for seeds in by_sweep.values()}) > 1:
+        raise ValueError(f"the sweeps ran with different repair seeds: {by_sweep}")
+    return next(iter(by_sweep.values()))
+
+
 def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[dict[str, Any]]]:
     """Per repair method (named `<method>, <label>` when a label is given), one point per
     penalty (and anchor) weight (a random plan: the mean of its draws' numbers; a weight
@@ -329,7 +338,7 @@ def study(
     attribute = first["cfg"].objective.attribute
     # One fine-tuning / validation partition of the repair split per repair seed: every
     # method's validation numbers are the mean over the same partitions.
-    seeds = sorted({j["seed"] for jobs in sweeps.values() for j in jobs})
+    seeds = repair_seeds(sweeps)
     val_fraction = first["cfg"].repair.val_fraction
     splits = {s: repair_split_parts(run, val_fraction, s) for s in seeds}
     test = run.splits.images(run.data, "test")
