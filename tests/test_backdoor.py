@@ -268,6 +268,7 @@ def test_a_reversed_stamp_needs_the_repair_set_and_a_known_stamp_name():
         ({"loss": {"stamp": "true"}}, "known or reversed"),
         ({"reversal": {"stepz": 3}}, "unknown settings"),
         ({"reversal": {"mask_threshold": 0.0}}, "mask_threshold"),
+        ({"reversal": {"refresh_every": 0}}, "refresh_every"),
     ):
         with pytest.raises(ConfigError, match=match):
             Backdoor(PATTERN, **settings)  # refused at configuration, before any repair work
@@ -305,9 +306,37 @@ def test_the_reversal_runs_once_per_repair_and_only_when_a_term_reads_the_stamp(
     objective.repair_set(images, None, None, 0, model)
     objective.repair_loss({}, 0, stamp="reversed")  # no term reads the stamp
     assert calls == [] and objective.repair_artifacts(Path("unused")) == {}
-    first = objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0).stamp
-    second = objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0).stamp
+    first = objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0).stamps[0]
+    second = objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0).stamps[0]
     assert len(calls) == 1 and first is second
     objective.repair_set(images, None, None, 0, model)  # a new repair drops the old reversal
     objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0)
     assert len(calls) == 2
+
+
+def test_stamps_found_during_a_repair_take_turns_over_the_batch():
+    loss = BackdoorLoss(torch.zeros_like, {}, unlearning_weight=1.0)
+    loss.stamps.append(torch.ones_like)
+    x = torch.full((5, 1, 2, 2), 0.5)
+    # Inputs 0, 2, 4 get the first stamp, 1 and 3 the second; x itself is left as it was.
+    assert loss.stamp(x).flatten(1)[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0]
+    assert (x == 0.5).all()
+
+
+def test_a_refresh_reverses_the_suspect_again_on_the_model_being_repaired(tmp_path):
+    objective = Backdoor(PATTERN, reversal={"steps": 5, "max_inputs": 50, "refresh_every": 2})
+    images = digits().train.subset(np.arange(60))
+    torch.manual_seed(0)
+    model = MLP((1, 8, 8), 10, widths=[8]).eval()
+    objective.repair_set(images, None, None, 0, model)
+    loss = objective.repair_loss({}, 0, stamp="reversed", unlearning_weight=1.0)
+    batch = images.subset(np.arange(8))
+    for step in (1, 2, 3, 4, 5, 6):
+        loss(model, batch, step)
+        assert not model.training  # the refresh leaves the repair's eval mode alone
+    # Steps 3 and 5 start after 2 and 4 steps: two stamps of the suspect class joined the
+    # first (none after the last step, which no step would use).
+    assert len(loss.stamps) == 3
+    found = objective.repair_artifacts(tmp_path)["refreshed_stamps"]
+    assert [f["after_steps"] for f in found[0]] == [2, 4]
+    assert all(f["mask_l1"] > 0 and not f["empty"] for f in found[0])

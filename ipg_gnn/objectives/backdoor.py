@@ -25,6 +25,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,14 @@ from ipg_gnn.objectives.base import (
     Objective,
     SplitInputs,
 )
-from ipg_gnn.objectives.trigger_reversal import Reversal, reverse_class, reverse_engineer
+from ipg_gnn.objectives.trigger_reversal import (
+    Reversal,
+    ReversedTrigger,
+    draw_inputs,
+    evaluating,
+    reverse_class,
+    reverse_engineer,
+)
 from ipg_gnn.runs.keys import config_key
 from ipg_gnn.targets import predict
 
@@ -87,10 +95,50 @@ class TriggerContrast(Contrast):
         return Contrasted(triggered, pred, (y != self.target_class) & (pred == self.target_class))
 
 
+@dataclass
+class StampRefresh:
+    """Neural Cleanse again, every `every` steps of a repair, for the `suspect` class only, on
+    the model being repaired: a model that has unlearned one stamp can still answer to the rest
+    of the trigger (a reversal finds the fewest pixels that flip the label, which may be a part of
+    the trigger), and the stamp found on the half-repaired model names what is left. `x`: the
+    clean inputs the reversal reads; `settings`: :func:`reverse_class`'s; `found`: each
+    refresh's steps done before it, mask L1 norm and success on `x`."""
+
+    x: torch.Tensor
+    suspect: int
+    every: int
+    threshold: float | None
+    seed: int
+    settings: Mapping[str, Any]
+    found: list[dict[str, Any]] = field(default_factory=list)
+
+    def due(self, step: int) -> bool:
+        """Whether step `step` (counted from 1) starts with a refresh: the first step after
+        every `every` steps done, so a schedule's end never pays for a stamp no step would use."""
+        return step > 1 and (step - 1) % self.every == 0
+
+    def __call__(self, model: nn.Module, step: int) -> ReversedTrigger | None:
+        """The suspect's stamp on `model` now (binarized at `threshold` when there is one), or
+        None when binarizing leaves it empty (nothing left strong enough to stamp)."""
+        with evaluating(model):
+            stamp, norm, rate = reverse_class(
+                model, self.x, self.suspect, seed=self.seed + step, **self.settings
+            )
+        if self.threshold is not None:
+            stamp = stamp.binarized(self.threshold)
+        empty = not bool(stamp.mask.any())
+        done = step - 1
+        self.found.append({"after_steps": done, "mask_l1": norm, "success": rate, "empty": empty})
+        log.info("stamp refreshed after %d steps: mask L1 %.1f, success %.2f", done, norm, rate)
+        return None if empty else stamp
+
+
 class BackdoorLoss(ConsistencyLoss):
     """Cross-entropy on clean inputs, plus two terms on the same inputs stamped by `stamp`:
     (`consistency_weight` > 0) the squared distance of the repaired `units`' outputs to their
-    clean outputs, and (`unlearning_weight` > 0) cross-entropy against the true labels."""
+    clean outputs, and (`unlearning_weight` > 0) cross-entropy against the true labels. With a
+    `refresh`, the stamps it finds during the repair join `stamp`, and each input of a batch gets
+    one of them in turn."""
 
     def __init__(
         self,
@@ -99,13 +147,27 @@ class BackdoorLoss(ConsistencyLoss):
         clean_weight: float = 1.0,
         consistency_weight: float = 0.0,
         unlearning_weight: float = 0.0,
+        refresh: StampRefresh | None = None,
     ) -> None:
-        self.stamp, self.clean_weight = stamp, clean_weight
-        self.unlearning_weight = unlearning_weight
+        self.stamps, self.clean_weight = [stamp], clean_weight
+        self.unlearning_weight, self.refresh = unlearning_weight, refresh
         super().__init__(units, consistency_weight)
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` with input i stamped by stamp i mod (number of stamps)."""
+        if len(self.stamps) == 1:
+            return self.stamps[0](x)
+        out = x.clone()
+        for i, stamp in enumerate(self.stamps):
+            out[i :: len(self.stamps)] = stamp(x[i :: len(self.stamps)])
+        return out
 
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         x, y = batch.x, batch.y
+        if self.refresh is not None and self.refresh.due(step):
+            found = self.refresh(model, step)
+            if found is not None:
+                self.stamps.append(found)
         loss = self.clean_weight * nn.functional.cross_entropy(model(x), y)
         if not (self.consistency.weight or self.unlearning_weight):
             return loss
@@ -116,11 +178,12 @@ class BackdoorLoss(ConsistencyLoss):
 
 
 #: What `objective.reversal` may set: the optimisation's keyword settings and the stamp's
-#: `mask_threshold` (the model, inputs, classes and seed come from the repair).
+#: `mask_threshold` and how often a repair reverses the suspect class again, `refresh_every`
+#: steps (the model, inputs, classes and seed come from the repair).
 REVERSAL_SETTINGS = (
     set(inspect.signature(reverse_engineer).parameters)
     | set(inspect.signature(reverse_class).parameters)
-    | {"mask_threshold"}
+    | {"mask_threshold", "refresh_every"}
 ) - {"model", "x", "num_classes", "target", "seed", "settings"}
 
 
@@ -143,6 +206,11 @@ def check_reversal_settings(settings: Mapping[str, Any]) -> None:
     threshold = settings.get("mask_threshold")
     if threshold is not None and not 0 < threshold <= 1:
         raise ConfigError(f"objective.reversal.mask_threshold must be in (0, 1]; got {threshold}")
+    every = settings.get("refresh_every")
+    if every is not None and (not isinstance(every, int) or every < 1):
+        raise ConfigError(
+            f"objective.reversal.refresh_every must be a positive step count; got {every}"
+        )
 
 
 class Backdoor(Objective):
@@ -174,6 +242,8 @@ class Backdoor(Objective):
         check_reversal_settings(self.reversal_settings)
         self.reversal: Reversal | None = None  # made on first use by reversed_trigger
         self.reversal_source: tuple[nn.Module, torch.Tensor, int] | None = None
+        #: Each repair loss's refreshed stamps (`StampRefresh.found`), in the order made.
+        self.refreshes: list[list[dict[str, Any]]] = []
 
     def contrasts(self) -> dict[str, Contrast]:
         return {"triggered": TriggerContrast(self.trigger, self.target_class, self.key)}
@@ -249,6 +319,7 @@ class Backdoor(Objective):
         for the reversal a loss with `stamp: reversed` asks for (a reversal of an earlier
         model is dropped)."""
         self.reversal_source, self.reversal = (model, fine_tune.x, seed), None
+        self.refreshes = []
         return fine_tune
 
     def reversed_trigger(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -260,7 +331,11 @@ class Backdoor(Objective):
             if self.reversal_source is None:
                 raise ConfigError("a reversed stamp needs Backdoor.repair_set first")
             model, x, seed = self.reversal_source
-            settings = {k: v for k, v in self.reversal_settings.items() if k != "mask_threshold"}
+            settings = {
+                k: v
+                for k, v in self.reversal_settings.items()
+                if k not in ("mask_threshold", "refresh_every")
+            }
             self.reversal = reverse_engineer(model, x, seed=seed, **settings)
             if self.reversal.suspect not in self.reversal.flagged:
                 log.warning(
@@ -284,11 +359,13 @@ class Backdoor(Objective):
         return binary
 
     def repair_artifacts(self, out: Path) -> dict[str, Any]:
-        """The reversal's plot (`reversed_trigger.png`) and summary, if one ran."""
+        """The reversal's plot (`reversed_trigger.png`) and summary, if one ran, and the stamps
+        refreshed during the repair (one list per repair loss, in the order the methods ran)."""
         if self.reversal is None:
             return {}
         self.reversal.plot(out / "reversed_trigger.png")
-        return {"reversal": self.reversal.summary()}
+        refreshed = {"refreshed_stamps": self.refreshes} if self.refreshes else {}
+        return {"reversal": self.reversal.summary(), **refreshed}
 
     def check_loss(self, settings: Mapping[str, Any]) -> None:
         check_stamp(settings.get("stamp", "known"))
@@ -301,7 +378,33 @@ class Backdoor(Objective):
         stamped = settings.get("consistency_weight", 0) or settings.get("unlearning_weight", 0)
         if stamp == "known" or not stamped:  # no term reads the stamp: no reversal to run
             return BackdoorLoss(self.trigger, units, **settings)
-        return BackdoorLoss(self.reversed_trigger(), units, **settings)
+        return BackdoorLoss(
+            self.reversed_trigger(), units, refresh=self.stamp_refresh(), **settings
+        )
+
+    def stamp_refresh(self) -> StampRefresh | None:
+        """What reverses the suspect class again during a repair (`refresh_every` steps), on
+        the inputs the first reversal read; None when the settings ask for no refresh."""
+        every = self.reversal_settings.get("refresh_every")
+        if every is None:
+            return None
+        assert self.reversal is not None and self.reversal_source is not None
+        _, x, seed = self.reversal_source
+        settings = {
+            k: v
+            for k, v in self.reversal_settings.items()
+            if k in inspect.signature(reverse_class).parameters
+        }
+        refresh = StampRefresh(
+            draw_inputs(x, self.reversal_settings.get("max_inputs", 2000), seed),
+            self.reversal.suspect,
+            every,
+            self.reversal_settings.get("mask_threshold"),
+            seed,
+            settings,
+        )
+        self.refreshes.append(refresh.found)
+        return refresh
 
     def evaluation_names(self) -> list[str]:
         return ["triggered"]

@@ -15,7 +15,8 @@ defender who does not know the trigger can use in its place (`ReversedTrigger`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,6 +179,24 @@ def reverse_class(
     return trigger, best_norm, rate
 
 
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (a reversal must not move BatchNorm statistics), then back in the
+    mode it was in."""
+    training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(training)
+
+
+def draw_inputs(x: torch.Tensor, max_inputs: int, seed: int) -> torch.Tensor:
+    """At most `max_inputs` of `x`, drawn with `seed`, in their original order."""
+    order = np.random.default_rng(seed).permutation(len(x))[:max_inputs]
+    return x[torch.as_tensor(np.sort(order))]
+
+
 def reverse_engineer(
     model: nn.Module,
     x: torch.Tensor,
@@ -190,20 +209,15 @@ def reverse_engineer(
     """Neural Cleanse over every class on (at most `max_inputs`, seeded) clean inputs `x`;
     `settings` go to :func:`reverse_class`; `num_classes`: the model's outputs by default. The
     model runs in eval mode and is left in the mode it was in."""
-    training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         if num_classes is None:
             with torch.no_grad():
                 num_classes = model(x[:1]).shape[1]
         if num_classes < 3:
             raise ValueError(f"an anomaly index needs at least 3 classes; got {num_classes}")
-        order = np.random.default_rng(seed).permutation(len(x))[:max_inputs]
-        x = x[torch.as_tensor(np.sort(order))]
+        x = draw_inputs(x, max_inputs, seed)
         found = [
             reverse_class(model, x, c, seed=seed + c, **settings)
             for c in tqdm(range(num_classes), desc="reverse-engineering triggers", leave=False)
         ]
-    finally:
-        model.train(training)
     return Reversal([f[0] for f in found], [f[1] for f in found], [f[2] for f in found], threshold)
