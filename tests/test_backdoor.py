@@ -16,10 +16,12 @@ from torch import nn
 from ipg_gnn.data import Images, digits
 from ipg_gnn.errors import ConfigError
 from ipg_gnn.objectives import Backdoor, BackdoorLoss, attack_success_rate
+from ipg_gnn.objectives.backdoor import stamp_region
 from ipg_gnn.objectives.trigger_reversal import (
     Reversal,
     ReversedTrigger,
     anomaly_index,
+    reverse_class,
     reverse_engineer,
 )
 from ipg_gnn.provenance import trace
@@ -269,6 +271,7 @@ def test_a_reversed_stamp_needs_the_repair_set_and_a_known_stamp_name():
         ({"reversal": {"stepz": 3}}, "unknown settings"),
         ({"reversal": {"mask_threshold": 0.0}}, "mask_threshold"),
         ({"reversal": {"refresh_every": 0}}, "refresh_every"),
+        ({"reversal": {"refresh_window": -1}}, "refresh_window"),
     ):
         with pytest.raises(ConfigError, match=match):
             Backdoor(PATTERN, **settings)  # refused at configuration, before any repair work
@@ -340,3 +343,15 @@ def test_a_refresh_reverses_the_suspect_again_on_the_model_being_repaired(tmp_pa
     found = objective.repair_artifacts(tmp_path)["refreshed_stamps"]
     assert [f["after_steps"] for f in found[0]] == [2, 4]
     assert all(f["mask_l1"] > 0 and not f["empty"] for f in found[0])
+
+
+def test_a_refresh_window_keeps_the_mask_near_the_first_stamp():
+    mask = torch.zeros(1, 6, 6)
+    mask[0, 4, 4], mask[0, 1, 1] = 0.9, 0.3  # only (4, 4) reaches the 0.5 threshold
+    region = stamp_region(mask, threshold=0.5, window=1)
+    assert region.shape == (6, 6)
+    assert region.nonzero().tolist() == [[r, c] for r in (3, 4, 5) for c in (3, 4, 5)]
+    torch.manual_seed(0)
+    model = MLP((1, 6, 6), 10, widths=[8]).eval()
+    stamp, _, _ = reverse_class(model, torch.rand(40, 1, 6, 6), 0, steps=5, region=region)
+    assert stamp.mask[0][region == 0].abs().sum() == 0 and stamp.mask[0][region == 1].sum() > 0

@@ -101,8 +101,9 @@ class StampRefresh:
     the model being repaired: a model that has unlearned one stamp can still answer to the rest
     of the trigger (a reversal finds the fewest pixels that flip the label, which may be a part of
     the trigger), and the stamp found on the half-repaired model names what is left. `x`: the
-    clean inputs the reversal reads; `settings`: :func:`reverse_class`'s; `found`: each
-    refresh's steps done before it, mask L1 norm and success on `x`."""
+    clean inputs the reversal reads; `settings`: :func:`reverse_class`'s; `region`: where the
+    mask may be non-zero (None: anywhere); `found`: each refresh's steps done before it, mask
+    L1 norm and success on `x`."""
 
     x: torch.Tensor
     suspect: int
@@ -110,6 +111,7 @@ class StampRefresh:
     threshold: float | None
     seed: int
     settings: Mapping[str, Any]
+    region: torch.Tensor | None = None
     found: list[dict[str, Any]] = field(default_factory=list)
 
     def due(self, step: int) -> bool:
@@ -122,7 +124,12 @@ class StampRefresh:
         None when binarizing leaves it empty (nothing left strong enough to stamp)."""
         with evaluating(model):
             stamp, norm, rate = reverse_class(
-                model, self.x, self.suspect, seed=self.seed + step, **self.settings
+                model,
+                self.x,
+                self.suspect,
+                seed=self.seed + step,
+                region=self.region,
+                **self.settings,
             )
         if self.threshold is not None:
             stamp = stamp.binarized(self.threshold)
@@ -131,6 +138,13 @@ class StampRefresh:
         self.found.append({"after_steps": done, "mask_l1": norm, "success": rate, "empty": empty})
         log.info("stamp refreshed after %d steps: mask L1 %.1f, success %.2f", done, norm, rate)
         return None if empty else stamp
+
+
+def stamp_region(mask: torch.Tensor, threshold: float, window: int) -> torch.Tensor:
+    """The pixels within `window` (Chebyshev distance) of a mask (1, H, W) at `threshold` or
+    more: where the rest of a trigger whose part the mask found can lie."""
+    strong = (mask >= threshold).to(mask.dtype)[None]
+    return nn.functional.max_pool2d(strong, 2 * window + 1, stride=1, padding=window)[0, 0]
 
 
 class BackdoorLoss(ConsistencyLoss):
@@ -183,7 +197,7 @@ class BackdoorLoss(ConsistencyLoss):
 REVERSAL_SETTINGS = (
     set(inspect.signature(reverse_engineer).parameters)
     | set(inspect.signature(reverse_class).parameters)
-    | {"mask_threshold", "refresh_every"}
+    | {"mask_threshold", "refresh_every", "refresh_window"}
 ) - {"model", "x", "num_classes", "target", "seed", "settings"}
 
 
@@ -210,6 +224,11 @@ def check_reversal_settings(settings: Mapping[str, Any]) -> None:
     if every is not None and (not isinstance(every, int) or every < 1):
         raise ConfigError(
             f"objective.reversal.refresh_every must be a positive step count; got {every}"
+        )
+    window = settings.get("refresh_window")
+    if window is not None and (not isinstance(window, int) or window < 0):
+        raise ConfigError(
+            f"objective.reversal.refresh_window must be a pixel count >= 0; got {window}"
         )
 
 
@@ -334,7 +353,7 @@ class Backdoor(Objective):
             settings = {
                 k: v
                 for k, v in self.reversal_settings.items()
-                if k not in ("mask_threshold", "refresh_every")
+                if k not in ("mask_threshold", "refresh_every", "refresh_window")
             }
             self.reversal = reverse_engineer(model, x, seed=seed, **settings)
             if self.reversal.suspect not in self.reversal.flagged:
@@ -395,13 +414,17 @@ class Backdoor(Objective):
             for k, v in self.reversal_settings.items()
             if k in inspect.signature(reverse_class).parameters
         }
+        threshold = self.reversal_settings.get("mask_threshold")
+        window = self.reversal_settings.get("refresh_window")
+        first = self.reversal.triggers[self.reversal.suspect]
         refresh = StampRefresh(
             draw_inputs(x, self.reversal_settings.get("max_inputs", 2000), seed),
             self.reversal.suspect,
             every,
-            self.reversal_settings.get("mask_threshold"),
+            threshold,
             seed,
             settings,
+            None if window is None else stamp_region(first.mask, threshold or 0.5, window),
         )
         self.refreshes.append(refresh.found)
         return refresh

@@ -130,10 +130,12 @@ def reverse_class(
     success: float = 0.99,
     patience: int = 5,
     seed: int = 0,
+    region: torch.Tensor | None = None,
 ) -> tuple[ReversedTrigger, float, float]:
     """The smallest stamp found that sends at least `success` of a batch of `x` (images in
     [0, 1], as the project's loaders give them) to `target` (the last one when none did): the
-    stamp, its mask's L1 norm and its success on all of `x`."""
+    stamp, its mask's L1 norm and its success on all of `x`. `region` (H, W) of 0/1, when
+    given, is where the mask may be non-zero."""
     if steps < 1:
         raise ValueError(f"a reversal needs at least one step; got steps={steps}")
     generator = torch.Generator().manual_seed(seed)
@@ -151,6 +153,8 @@ def reverse_class(
         for _ in range(steps):
             batch = x[torch.randint(len(x), (batch_size,), generator=generator).to(x.device)]
             mask = (torch.tanh(mask_raw) + 1) / 2
+            if region is not None:
+                mask = mask * region.to(mask)
             pattern = (torch.tanh(pattern_raw) + 1) / 2
             logits = model((1 - mask) * batch + mask * pattern)
             labels = torch.full((len(batch),), target, device=x.device)
