@@ -192,13 +192,18 @@ class BackdoorLoss(ConsistencyLoss):
 
 
 #: What `objective.reversal` may set: the optimisation's keyword settings and the stamp's
-#: `mask_threshold` and how often a repair reverses the suspect class again, `refresh_every`
-#: steps (the model, inputs, classes and seed come from the repair).
+#: `mask_threshold`, how often a repair reverses the suspect class again (`refresh_every` steps)
+#: and how near the first stamp (`refresh_window` pixels; the model, inputs, classes and seed
+#: come from the repair).
 REVERSAL_SETTINGS = (
     set(inspect.signature(reverse_engineer).parameters)
     | set(inspect.signature(reverse_class).parameters)
     | {"mask_threshold", "refresh_every", "refresh_window"}
 ) - {"model", "x", "num_classes", "target", "seed", "settings"}
+
+
+#: How many clean inputs a reversal reads unless `objective.reversal.max_inputs` says.
+MAX_INPUTS = inspect.signature(reverse_engineer).parameters["max_inputs"].default
 
 
 def check_stamp(stamp: str) -> str:
@@ -418,7 +423,7 @@ class Backdoor(Objective):
         window = self.reversal_settings.get("refresh_window")
         first = self.reversal.triggers[self.reversal.suspect]
         refresh = StampRefresh(
-            draw_inputs(x, self.reversal_settings.get("max_inputs", 2000), seed),
+            draw_inputs(x, self.reversal_settings.get("max_inputs", MAX_INPUTS), seed),
             self.reversal.suspect,
             every,
             threshold,
