@@ -191,14 +191,16 @@ class BackdoorLoss(ConsistencyLoss):
         return loss + unlearning + self.consistency(clean)
 
 
-#: What `objective.reversal` may set: the optimisation's keyword settings and the stamp's
+#: The reversal settings that shape the stamp a repair uses rather than the optimisation: its
 #: `mask_threshold`, how often a repair reverses the suspect class again (`refresh_every` steps)
-#: and how near the first stamp (`refresh_window` pixels; the model, inputs, classes and seed
-#: come from the repair).
+#: and how near the first stamp (`refresh_window` pixels).
+STAMP_SETTINGS = ("mask_threshold", "refresh_every", "refresh_window")
+#: What `objective.reversal` may set: the optimisation's keyword settings and `STAMP_SETTINGS`
+#: (the model, inputs, classes and seed come from the repair).
 REVERSAL_SETTINGS = (
     set(inspect.signature(reverse_engineer).parameters)
     | set(inspect.signature(reverse_class).parameters)
-    | {"mask_threshold", "refresh_every", "refresh_window"}
+    | set(STAMP_SETTINGS)
 ) - {"model", "x", "num_classes", "target", "seed", "settings"}
 
 
@@ -355,11 +357,7 @@ class Backdoor(Objective):
             if self.reversal_source is None:
                 raise ConfigError("a reversed stamp needs Backdoor.repair_set first")
             model, x, seed = self.reversal_source
-            settings = {
-                k: v
-                for k, v in self.reversal_settings.items()
-                if k not in ("mask_threshold", "refresh_every", "refresh_window")
-            }
+            settings = {k: v for k, v in self.reversal_settings.items() if k not in STAMP_SETTINGS}
             self.reversal = reverse_engineer(model, x, seed=seed, **settings)
             if self.reversal.suspect not in self.reversal.flagged:
                 log.warning(
