@@ -344,3 +344,35 @@ def test_per_layer_counts_and_their_check():
         ConfigError, match=r"repair.k=.*a list whose items are each an integer >= 1"
     ):
         check_settings(cfg, RepairSettings)
+
+
+def test_repair_device_setting():
+    """`device=auto` takes the GPU only where torch sees one; `device=cuda` without one and an
+    unknown device name are refused before any work."""
+    from omegaconf import OmegaConf
+
+    from ipg_gnn.jobs.checks import ConfigError, RepairSettings, check_settings
+    from ipg_gnn.jobs.repair import repair_device
+
+    gpu = torch.cuda.is_available()
+    assert repair_device("auto").type == ("cuda" if gpu else "cpu")
+    assert repair_device("cpu").type == "cpu"
+    if not gpu:
+        with pytest.raises(ConfigError, match="device=cuda, but torch sees no CUDA GPU"):
+            repair_device("cuda")
+    with pytest.raises(ConfigError, match="device"):
+        check_settings(OmegaConf.create({"device": "gpu"}), RepairSettings)
+
+
+def test_draws_split_over_jobs():
+    """`first_draw` numbers a job's draws after another job's, so parallel jobs never repeat a
+    random plan; a lone draw 0 keeps the method's name; negative numbers are refused."""
+    from ipg_gnn.errors import ConfigError
+    from ipg_gnn.repair import RandomPlanFinetune
+
+    assert RandomPlanFinetune().draw_tags("random") == {0: "random"}
+    assert RandomPlanFinetune(draws=2).draw_tags("random") == {0: "random_0", 1: "random_1"}
+    assert RandomPlanFinetune(draws=2, first_draw=2).draw_tags("r") == {2: "r_2", 3: "r_3"}
+    assert RandomPlanFinetune(first_draw=3).draw_tags("r") == {3: "r_3"}
+    with pytest.raises(ConfigError, match="first_draw >= 0"):
+        RandomPlanFinetune(first_draw=-1)

@@ -141,6 +141,7 @@ class RepairSettings:
 
     repair: RepairPlanSettings
     eval_batch_size: PositiveInt
+    device: Literal["auto", "cpu", "cuda"]
 
 
 _ABSENT = object()

@@ -308,19 +308,18 @@ def run_methods(
 ) -> tuple[dict[str, Any], dict[str, nn.Module]]:
     """Every method's repaired model, evaluated (timed as `repair_<tag>`, `evaluate_<tag>`; a
     method of several draws reports their mean, each draw under `draws`). Returns the results
-    and every model by tag (a method's name; `<name>_<d>` for draw d of several)."""
+    and every model by tag (`RepairMethod.draw_tags`)."""
     results, models = {}, {}
     for name, method in methods.items():
         draws = []
-        for d in range(method.draws):
-            tag = name if method.draws == 1 else f"{name}_{d}"
+        for d, tag in method.draw_tags(name).items():
             with clock(f"repair_{tag}"):
                 model, info = method(ctx, d)
             info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
             with clock(f"evaluate_{tag}"):
                 evaluation, _ = evaluate(model, transfer_from=original_examples)
             log.info("%s: %s", tag, ctx.objective.columns(evaluation))
-            draws.append({**evaluation, **info})
+            draws.append({**evaluation, **info, **({"draw": d} if tag != name else {})})
             models[tag] = model
         results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
     return results, models
@@ -344,6 +343,14 @@ def finetune_curves(
     return plot_finetune_curves(histories, start, tolerances, path)
 
 
+def repair_device(name: str) -> torch.device:
+    """The device of `device=`: `auto` takes a CUDA GPU when torch sees one; `cuda` without one
+    is refused before any work."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda, but torch sees no CUDA GPU here; use device=auto or cpu")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
 def run_repair(cfg: DictConfig) -> dict[str, Any]:
     """Attribution -> plan -> targeted repair -> baselines -> evaluation; writes
     `repair_plan.json`, `repair_plan.png`, `repaired.pt` (the targeted repair),
@@ -352,6 +359,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
     check_settings(cfg, RepairSettings)
     check_counts(cfg)
+    device = repair_device(cfg.device)
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
     run = load_train_run(train_dir)
     cfg = copy.deepcopy(cfg)
@@ -360,7 +368,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     components = repair_components(cfg, run)
     out = Path(cfg.paths.output_dir)
     with claim(out, "repair", cfg) as record:
-        report = _repair(cfg, run, components, out, record)
+        report = _repair(cfg, run, components, out, record, device)
         record.finish()
     return report
 
@@ -371,6 +379,7 @@ def _repair(
     components: tuple[Objective, dict[str, RepairMethod], Attributor],
     out: Path,
     record: RunRecord,
+    device: torch.device,
 ) -> dict[str, Any]:
     objective, methods, attributor = components
     fine_tune, val = repair_parts(cfg, run, objective)
@@ -404,6 +413,7 @@ def _repair(
     plan.save(out / "repair_plan.json")
     plot_plan(plan, out / "repair_plan.png")
 
+    run.model.to(device)
     test = run.splits.images(run.data, "test")
     val_names = list(cfg.repair.val_evaluations)
     evaluate = Evaluation(objective, test, val, val_names, cfg.eval_batch_size, cfg.seed)

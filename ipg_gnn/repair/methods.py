@@ -63,10 +63,24 @@ class RepairMethod(ABC):
         finetune: Mapping[str, Any] | None = None,
         loss: Mapping[str, Any] | None = None,
         draws: int = 1,
+        first_draw: int = 0,
     ) -> None:
-        if draws < 1:
-            raise ConfigError(f"a repair method's draws must be >= 1; got {draws}")
-        self.finetune, self.loss, self.draws = dict(finetune or {}), dict(loss or {}), draws
+        if draws < 1 or first_draw < 0:
+            raise ConfigError(
+                f"a repair method's draws must be >= 1 and first_draw >= 0; got {draws}, "
+                f"{first_draw}"
+            )
+        self.finetune, self.loss = dict(finetune or {}), dict(loss or {})
+        self.draws, self.first_draw = draws, first_draw
+
+    def draw_tags(self, name: str) -> dict[int, str]:
+        """Each draw's number and its tag in reports: the method's name for a single draw 0,
+        `<name>_<d>` otherwise (draws `first_draw`...: parallel jobs split one method's draws
+        without repeating one)."""
+        numbers = range(self.first_draw, self.first_draw + self.draws)
+        if list(numbers) == [0]:
+            return {0: name}
+        return {d: f"{name}_{d}" for d in numbers}
 
     def check(self, name: str, finetune: Sequence[str], loss: Sequence[str]) -> None:
         """Refuse overrides of settings that do not exist (a typo fails before any work)."""
