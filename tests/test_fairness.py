@@ -419,3 +419,13 @@ def test_the_one_unit_experiment_plans_one_unit_of_each_hidden_layer(tmp_path):
     assert cfg.objective._target_.endswith("Fairness")
     assert list(cfg.repair.layer) == ["net.1", "net.3"] and list(cfg.repair.k) == [1, 1]
     assert list(cfg.repair.baselines) == ["random"] and cfg.repair.finetune.tolerance == 1.0
+
+
+def test_the_study_resamples_intervals_on_one_partition_only():
+    """Several repair seeds' partitions are averaged without intervals, so no bootstrap runs
+    there; one partition keeps the configured resamples."""
+    from ipg_gnn.tools.fairness_study import interval_resamples
+
+    assert interval_resamples(1000, 1) == 1000
+    assert interval_resamples(1000, 3) == 0
+    assert interval_resamples(0, 1) == 0

@@ -163,6 +163,13 @@ def repair_curves(jobs: Sequence[Mapping], label: str = "") -> dict[str, list[di
     }
 
 
+def interval_resamples(bootstrap: int, partitions: int) -> int:
+    """Bootstrap resamples for the baselines' intervals: `bootstrap` on one partition, none over
+    several (an interval describes one model on one partition, and `mean_row` drops intervals
+    that differ, so resampling there would be work thrown away)."""
+    return bootstrap if partitions == 1 else 0
+
+
 def reductions_curve(
     run: TrainRun,
     attribute: str,
@@ -350,7 +357,7 @@ def study(
         for d, jobs in sweeps.items()
         for m, rows in repair_curves(jobs, d.name if len(sweeps) > 1 else "").items()
     }
-    boot = int(first["cfg"].objective.bootstrap)
+    boot = interval_resamples(int(first["cfg"].objective.bootstrap), len(seeds))
     curves["reductions (ExpGrad, logistic)"] = reductions_curve(
         run, attribute, partitions, bounds, boot
     )
