@@ -336,27 +336,23 @@ def tiny_train_run(tmp_path, *overrides: str) -> dict:
     )
 
 
-def test_repair_job_end_to_end(tmp_path):
+def test_repair_job_end_to_end(tmp_path, monkeypatch):
     from ipg_gnn.jobs.repair import run_repair
 
     trained = tiny_train_run(tmp_path)
-    cfg = compose_config(
-        "repair",
-        tmp_path,
-        [
-            "attack=[fgsm,square]",
-            "logger=csv",
-            "repair.val_evaluations=[fgsm]",
-            "repair.layer=net.3",
-            "repair.k=2",
-            "repair.finetune.epochs=1",
-            "repair.baselines=[random,activation_patch]",
-            "repair.methods.random.draws=2",
-            "attack.square.art_attack.max_iter=20",
-            "objective.train_attack.art_attack.max_iter=3",
-        ],
-    )
-    report = run_repair(cfg)
+    overrides = [
+        "attack=[fgsm,square]",
+        "logger=csv",
+        "repair.val_evaluations=[fgsm]",
+        "repair.layer=net.3",
+        "repair.k=2",
+        "repair.finetune.epochs=1",
+        "repair.baselines=[random,activation_patch]",
+        "repair.methods.random.draws=2",
+        "attack.square.art_attack.max_iter=20",
+        "objective.train_attack.art_attack.max_iter=3",
+    ]
+    report = run_repair(compose_config("repair", tmp_path, overrides))
     run = tmp_path / "run"
     assert json.loads((run / "repair_report.json").read_text()) == report
     assert report["n_test"] == 30 and set(report["before"]["adv_acc"]) == {"fgsm", "square"}
@@ -431,6 +427,43 @@ def test_repair_job_end_to_end(tmp_path):
         assert rows[f"random_{d}"]["reported"] == draw["robust_acc"]
     assert all(0 <= r["reference"] <= report["before"]["clean_acc"] + 1e-9 for r in rows.values())
     assert json.loads((run / "reference_check.json").read_text())["models"] == rows
+    # Interrupted in the second random draw, the same command into the same directory resumes:
+    # the plan, the original's evaluation and the finished draws are taken as done, and the
+    # numbers equal the uninterrupted run's.
+    from ipg_gnn.repair import RandomPlanFinetune
+
+    resumable = compose_config("repair", tmp_path, [*overrides, f"paths.output_dir={tmp_path}/r4"])
+    random_draw = RandomPlanFinetune.__call__
+
+    def interrupted(self, ctx, draw=0):
+        if draw == 1:
+            raise KeyboardInterrupt
+        return random_draw(self, ctx, draw)
+
+    monkeypatch.setattr(RandomPlanFinetune, "__call__", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_repair(resumable)
+    monkeypatch.undo()
+    resumed = run_repair(resumable)
+    assert resumed["resumed"] == [
+        "repair_plan.json",
+        "evaluation_before.pt",
+        "draws/targeted.pt",
+        "draws/random_0.pt",
+    ]
+    assert {"attribution", "repair_targeted", "repair_random_0"}.isdisjoint(resumed["timing_s"])
+
+    def numbers(result):
+        return {k: result[k] for k in ("clean_acc", "adv_acc", "robust_acc", "val")}
+
+    assert numbers(resumed["before"]) == numbers(report["before"])
+    assert numbers(resumed["after"]) == numbers(report["after"])
+    for again, first in zip(
+        resumed["baselines"]["random"]["draws"], report["baselines"]["random"]["draws"], strict=True
+    ):
+        assert numbers(again) == numbers(first)
+    patch = resumed["baselines"]["activation_patch"]
+    assert numbers(patch) == numbers(report["baselines"]["activation_patch"])
     bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_evaluations=[pgd]"])
     with pytest.raises(ValueError, match="not among the objective's evaluations"):
         run_repair(bad)

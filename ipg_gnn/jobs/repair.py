@@ -41,7 +41,7 @@ from ipg_gnn.provenance import CapturePlan, trace
 from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target, unit_parameters
 from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
 from ipg_gnn.runs.checkpoints import save_checkpoint
-from ipg_gnn.runs.io import atomic_write_text
+from ipg_gnn.runs.io import atomic_save, atomic_write_text
 from ipg_gnn.runs.keys import model_fingerprint
 from ipg_gnn.runs.run_dir import RunRecord, claim
 from ipg_gnn.runs.tracking import StageClock, make_loggers, publish
@@ -299,30 +299,75 @@ class Evaluation:
         return report, examples
 
 
+@dataclass
+class Finished:
+    """What a repair run has finished, kept in its directory and recorded with checksums in
+    `run.json`: the same command run again into the same directory takes each recorded step as
+    done (the plan, the original's evaluation, each method's draws) and computes only the rest,
+    so an interrupted sweep job loses at most the draw it was in. What an objective collects
+    while methods run (a backdoor's refreshed stamps) covers only the draws this process ran."""
+
+    out: Path
+    record: RunRecord
+    arch: Mapping[str, Any]
+    resumed: list[str] = field(default_factory=list)
+
+    def load(self, name: str) -> Any | None:
+        """The saved object `name` (torch format), if recorded and unchanged; else None."""
+        if not self.record.holds(name):
+            return None
+        self.resumed.append(name)
+        return torch.load(self.out / name, map_location="cpu", weights_only=True)
+
+    def save(self, name: str, obj: Any) -> None:
+        atomic_save(obj, self.out / name)
+        self.record.add(name)
+
+    def save_model(self, name: str, model: nn.Module, meta: Mapping[str, Any]) -> None:
+        save_checkpoint(self.out / name, model, self.arch, meta)
+        self.record.add(name)
+
+
+def checkpoint_name(tag: str) -> str:
+    """Where a method's model is kept: the targeted repair's `repaired.pt`, every other draw's
+    `models/<tag>.pt`."""
+    return "repaired.pt" if tag == "targeted" else f"models/{tag}.pt"
+
+
 def run_methods(
     methods: Mapping[str, RepairMethod],
     ctx: RepairContext,
     evaluate: Evaluation,
     original_examples: Mapping,
     clock: StageClock,
-) -> tuple[dict[str, Any], dict[str, nn.Module]]:
+    finished: Finished,
+) -> dict[str, Any]:
     """Every method's repaired model, evaluated (timed as `repair_<tag>`, `evaluate_<tag>`; a
-    method of several draws reports their mean, each draw under `draws`). Returns the results
-    and every model by tag (`RepairMethod.draw_tags`)."""
-    results, models = {}, {}
+    method of several draws reports their mean, each draw under `draws`; tags:
+    `RepairMethod.draw_tags`). Each draw's model (`checkpoint_name`; not an inference-time
+    patch, which is no checkpoint of the architecture) and numbers (`draws/<tag>.pt`) are saved
+    as it ends, and a draw `finished` holds is not run again. Returns the results."""
+    results = {}
     for name, method in methods.items():
         draws = []
         for d, tag in method.draw_tags(name).items():
-            with clock(f"repair_{tag}"):
-                model, info = method(ctx, d)
-            info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
-            with clock(f"evaluate_{tag}"):
-                evaluation, _ = evaluate(model, transfer_from=original_examples)
-            log.info("%s: %s", tag, ctx.objective.columns(evaluation))
-            draws.append({**evaluation, **info, **({"draw": d} if tag != name else {})})
-            models[tag] = model
+            result = finished.load(f"draws/{tag}.pt")
+            if result is None:
+                with clock(f"repair_{tag}"):
+                    model, info = method(ctx, d)
+                info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
+                with clock(f"evaluate_{tag}"):
+                    evaluation, _ = evaluate(model, transfer_from=original_examples)
+                result = {**evaluation, **info, **({"draw": d} if tag != name else {})}
+                if type(model) is type(ctx.model):
+                    plan = {"plan": str(finished.out / "repair_plan.json")}
+                    meta = plan if tag == "targeted" else {"method": name}
+                    finished.save_model(checkpoint_name(tag), model, meta)
+                finished.save(f"draws/{tag}.pt", result)
+            log.info("%s: %s", tag, ctx.objective.columns(result))
+            draws.append(result)
         results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
-    return results, models
+    return results
 
 
 def finetune_curves(
@@ -356,7 +401,8 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     `repair_plan.json`, `repair_plan.png`, `repaired.pt` (the targeted repair),
     `models/<baseline>.pt` (each baseline's model; `<baseline>_<d>.pt` for each draw of several),
     `repair_report.{json,md}` and
-    `finetune_curves.png`, and sends the report's numbers to the configured loggers."""
+    `finetune_curves.png`, and sends the report's numbers to the configured loggers. Run again
+    into the same directory with the same config, it resumes (`Finished`)."""
     check_settings(cfg, RepairSettings)
     check_counts(cfg)
     device = repair_device(cfg.device)
@@ -373,29 +419,28 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     return report
 
 
-def _repair(
+def planned(
     cfg: DictConfig,
     run: TrainRun,
-    components: tuple[Objective, dict[str, RepairMethod], Attributor],
-    out: Path,
-    record: RunRecord,
-    device: torch.device,
-) -> dict[str, Any]:
-    objective, methods, attributor = components
-    fine_tune, val = repair_parts(cfg, run, objective)
-    OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
-    record.add("repair_config.yaml")
-    loggers = make_loggers(cfg)
-    clock = StageClock()
-
+    attributor: Attributor,
+    example: torch.Tensor,
+    clock: StageClock,
+    finished: Finished,
+) -> tuple[RepairPlan, CapturePlan]:
+    """The run's plan and the capture plan its edges refer to: the one this directory already
+    holds (resumed), a saved plan's ranking (`repair.plan`), or a new attribution."""
+    if finished.record.holds("repair_plan.json"):
+        finished.resumed.append("repair_plan.json")
+        plan = RepairPlan.load(finished.out / "repair_plan.json")
+        return plan, trace(run.model, example, plan.provenance.get("include_input", False))
     if cfg.repair.plan:
-        plan, capture_plan = reused_plan(cfg, run, fine_tune.x[:1])
+        plan, capture_plan = reused_plan(cfg, run, example)
     else:
         source = RepairSplitSource(cfg, run, make_objective(run.cfg), clock)
         with clock("attribution"):
             attribution, topology = attributor(source)
         include_input = topology.config.include_input
-        capture_plan = trace(run.model, fine_tune.x[:1], include_input)
+        capture_plan = trace(run.model, example, include_input)
         plan = make_repair_plan(
             cfg,
             run,
@@ -410,28 +455,48 @@ def _repair(
                 "include_input": include_input,
             },
         )
-    plan.save(out / "repair_plan.json")
+    plan.save(finished.out / "repair_plan.json")
+    finished.record.add("repair_plan.json")
+    return plan, capture_plan
+
+
+def _repair(
+    cfg: DictConfig,
+    run: TrainRun,
+    components: tuple[Objective, dict[str, RepairMethod], Attributor],
+    out: Path,
+    record: RunRecord,
+    device: torch.device,
+) -> dict[str, Any]:
+    objective, methods, attributor = components
+    fine_tune, val = repair_parts(cfg, run, objective)
+    OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
+    record.add("repair_config.yaml")
+    loggers = make_loggers(cfg)
+    clock = StageClock()
+    finished = Finished(out, record, target_arch(run.cfg, run.data))
+    plan, capture_plan = planned(cfg, run, attributor, fine_tune.x[:1], clock, finished)
     plot_plan(plan, out / "repair_plan.png")
 
     run.model.to(device)
     test = run.splits.images(run.data, "test")
     val_names = list(cfg.repair.val_evaluations)
     evaluate = Evaluation(objective, test, val, val_names, cfg.eval_batch_size, cfg.seed)
-    with clock("evaluate_before"):
-        before, original_examples = evaluate(run.model)
+    before_file = finished.load("evaluation_before.pt")
+    if before_file is None:
+        with clock("evaluate_before"):
+            before, original_examples = evaluate(run.model)
+        finished.save("evaluation_before.pt", {"report": before, "examples": original_examples})
+    else:
+        before, original_examples = before_file["report"], before_file["examples"]
     finetune = dict(cfg.repair.finetune)
     ctx = RepairContext(
         run.model, plan, capture_plan, fine_tune, val, objective, finetune, cfg.seed
     )
-    results, models = run_methods(methods, ctx, evaluate, original_examples, clock)
+    results = run_methods(methods, ctx, evaluate, original_examples, clock, finished)
+    if finished.resumed:
+        log.info("resumed: took %s as done from an earlier run", ", ".join(finished.resumed))
     objective_notes = objective.repair_artifacts(out)
-    arch = target_arch(run.cfg, run.data)
-    targeted = models.pop("targeted")
-    save_checkpoint(out / "repaired.pt", targeted, arch, {"plan": str(out / "repair_plan.json")})
-    # An inference-time patch (forward hooks on a copy) is no checkpoint of the architecture.
-    models = {n: m for n, m in models.items() if type(m) is type(run.model)}
-    for name, model in models.items():
-        save_checkpoint(out / "models" / f"{name}.pt", model, arch, {"method": name})
     curves = finetune_curves(
         results, methods, ctx, before["val"]["clean_acc"], out / "finetune_curves.png"
     )
@@ -448,15 +513,11 @@ def _repair(
             "arbitrary_targets": plan.provenance.get("arbitrary_targets", {}),
         },
         "timing_s": clock.seconds,
+        **({"resumed": finished.resumed} if finished.resumed else {}),
         **({"objective": objective_notes} if objective_notes else {}),
     }
     atomic_write_text(json.dumps(report, indent=2), out / "repair_report.json")
     atomic_write_text(markdown_report(report, objective), out / "repair_report.md")
-    record.add(
-        "repair_plan.json",
-        "repaired.pt",
-        "repair_report.json",
-        *(f"models/{name}.pt" for name in models),
-    )
+    record.add("repair_report.json")
     publish(loggers, flat_metrics(report), [out / "repair_plan.png", curves])
     return report

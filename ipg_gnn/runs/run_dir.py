@@ -66,6 +66,12 @@ class RunRecord:
         self.complete = True
         self.save()
 
+    def holds(self, name: str) -> bool:
+        """Whether artifact `name` is recorded and unchanged since: what a resumed run may
+        take as done instead of computing it again."""
+        path = self.directory / name
+        return name in self.artifacts and path.is_file() and checksum(path) == self.artifacts[name]
+
     def verify(self, names: tuple[str, ...], remedy: str) -> None:
         """Each named artifact is recorded and unchanged since; else an error names it."""
         for name in names:
