@@ -27,6 +27,7 @@ from ipg_gnn.plan import PlanError, RepairPlan, make_plan
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import LayerFinetune, PatchedModel, all_masks, masked_finetune, plan_masks
 from ipg_gnn.runs.checkpoints import load_checkpoint
+from ipg_gnn.runs.run_dir import RunDirectoryError
 from ipg_gnn.targets import MLP
 from tests.conftest import compose_config
 from tests.test_detect import ipgs  # noqa: F401  (module fixture: real FGSM IPGs)
@@ -464,6 +465,11 @@ def test_repair_job_end_to_end(tmp_path, monkeypatch):
         assert numbers(again) == numbers(first)
     patch = resumed["baselines"]["activation_patch"]
     assert numbers(patch) == numbers(report["baselines"]["activation_patch"])
+    # A directory whose repair was of another model (the train run made again) is refused.
+    monkeypatch.setattr("ipg_gnn.jobs.repair.model_fingerprint", lambda model: "another")
+    with pytest.raises(RunDirectoryError, match="holds a repair of another model"):
+        run_repair(resumable)
+    monkeypatch.undo()
     bad = compose_config("repair", tmp_path, ["attack=[fgsm]", "repair.val_evaluations=[pgd]"])
     with pytest.raises(ValueError, match="not among the objective's evaluations"):
         run_repair(bad)

@@ -43,7 +43,7 @@ from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, p
 from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_save, atomic_write_text
 from ipg_gnn.runs.keys import model_fingerprint
-from ipg_gnn.runs.run_dir import RunRecord, claim
+from ipg_gnn.runs.run_dir import RunDirectoryError, RunRecord, claim
 from ipg_gnn.runs.tracking import StageClock, make_loggers, publish
 from ipg_gnn.runs.train_run import (
     TrainRun,
@@ -432,6 +432,12 @@ def planned(
     if finished.record.holds("repair_plan.json"):
         finished.resumed.append("repair_plan.json")
         plan = RepairPlan.load(finished.out / "repair_plan.json")
+        if plan.fingerprint != model_fingerprint(run.model):
+            raise RunDirectoryError(
+                f"{finished.out} holds a repair of another model than {run.directory}'s (was "
+                "that train run made again?); give this run its own hydra.run.dir, or delete "
+                "that directory"
+            )
         return plan, trace(run.model, example, plan.provenance.get("include_input", False))
     if cfg.repair.plan:
         plan, capture_plan = reused_plan(cfg, run, example)
