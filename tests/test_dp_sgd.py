@@ -3,6 +3,8 @@ digits (8x8, 10 classes) with a small MLP trained for a few epochs."""
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -77,6 +79,11 @@ def test_dp_sgd_changes_every_parameter_and_reports_the_accountants_epsilon(digi
     accountant.history = [(1.0, 0.1, 20)]
     assert 0 < dp["epsilon"] == pytest.approx(accountant.get_epsilon(1e-3))
     assert [h["step"] for h in info["history"]] == [10, 20]
+    # Plain numbers only: a resumed repair reads a finished draw back with weights_only=True.
+    saved = io.BytesIO()
+    torch.save(info, saved)
+    saved.seek(0)
+    assert torch.load(saved, weights_only=True)["privacy"]["epsilon"] == dp["epsilon"]
     assert accuracy(repaired, val) > 0.5  # chance is 0.1
     # Reproducible: the same seed draws the same batches and noise.
     again, _ = DPSGDFinetune()(context(model, fine_tune, val))

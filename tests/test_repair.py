@@ -385,15 +385,13 @@ def test_repair_job_end_to_end(tmp_path, monkeypatch):
     assert report["after"]["params_changed"] <= 2 * 351
     plan = RepairPlan.load(run / "repair_plan.json")
     assert list(plan.targets) == ["net.3"] and (run / "repair_plan.png").stat().st_size > 10_000
-    load_checkpoint(
-        run / "repaired.pt",
-        {
-            "_target_": "ipg_gnn.targets.MLP",
-            "widths": [350, 50],
-            "input_shape": [1, 28, 28],
-            "num_classes": 10,
-        },
-    )
+    arch = {
+        "_target_": "ipg_gnn.targets.MLP",
+        "widths": [350, 50],
+        "input_shape": [1, 28, 28],
+        "num_classes": 10,
+    }
+    load_checkpoint(run / "repaired.pt", arch)
     # The numbers reach the loggers under path keys (CSV here; W&B the same way).
     logged = (run / "csv/version_0/metrics.csv").read_text().splitlines()[0].split(",")
     assert {"after/clean_acc", "baselines/random/adv_acc/fgsm", "before/val/clean_acc"} <= set(
@@ -455,7 +453,8 @@ def test_repair_job_end_to_end(tmp_path, monkeypatch):
     assert {"attribution", "repair_targeted", "repair_random_0"}.isdisjoint(resumed["timing_s"])
 
     def numbers(result):
-        return {k: result[k] for k in ("clean_acc", "adv_acc", "robust_acc", "val")}
+        keys = ("clean_acc", "adv_acc", "robust_acc", "val", "transfer_acc")
+        return {k: result[k] for k in keys if k in result}
 
     assert numbers(resumed["before"]) == numbers(report["before"])
     assert numbers(resumed["after"]) == numbers(report["after"])
@@ -465,6 +464,16 @@ def test_repair_job_end_to_end(tmp_path, monkeypatch):
         assert numbers(again) == numbers(first)
     patch = resumed["baselines"]["activation_patch"]
     assert numbers(patch) == numbers(report["baselines"]["activation_patch"])
+    assert "transfer_acc" in resumed["after"]  # read off the reloaded original's examples
+    # A draw whose model file changed is run again; the others are taken as done.
+    (tmp_path / "r4/models/random_1.pt").write_bytes(b"damaged")
+    again = run_repair(resumable)
+    assert "draws/random_1.pt" not in again["resumed"] and "repair_random_1" in again["timing_s"]
+    assert "draws/random_0.pt" in again["resumed"]
+    assert numbers(again["baselines"]["random"]["draws"][1]) == numbers(
+        report["baselines"]["random"]["draws"][1]
+    )
+    load_checkpoint(tmp_path / "r4/models/random_1.pt", arch)
     # A directory whose repair was of another model (the train run made again) is refused.
     monkeypatch.setattr("ipg_gnn.jobs.repair.model_fingerprint", lambda model: "another")
     with pytest.raises(RunDirectoryError, match="holds a repair of another model"):
@@ -643,10 +652,22 @@ def test_mean_results_averages_shared_numbers_and_drops_traces():
         {"clean_acc": 0.9, "adv_acc": {"pgd": 0.2}, "history": [{"step": 1}], "params_changed": 3},
         {"clean_acc": 0.8, "adv_acc": {"pgd": 0.5}, "history": [{"step": 2}], "params_changed": 6},
     ]
-    mean = mean_results(runs)
+    mean = mean_results([{**r, "draw": d} for d, r in enumerate(runs)])  # draw numbers: labels
     assert set(mean) == {"clean_acc", "adv_acc", "params_changed"}
     assert mean["clean_acc"] == pytest.approx(0.85) and mean["params_changed"] == 4.5
     assert mean["adv_acc"] == pytest.approx({"pgd": 0.35})
+
+
+def test_model_result_finds_a_draw_by_its_number():
+    """A job of draws 2 and 3 (`first_draw=2`) and a job of the lone draw 3 name their models
+    `random_2`, `random_3`: the tools reading them get that draw's numbers, not a position's."""
+    from ipg_gnn.repair.report import model_result
+
+    split = {"baselines": {"random": {"draws": [{"draw": 2, "x": 2}, {"draw": 3, "x": 3}]}}}
+    assert model_result(split, "random_3")["x"] == 3 and model_result(split, "random")["x"] == 2
+    assert model_result({"baselines": {"random": {"draw": 3, "x": 3}}}, "random_3")["x"] == 3
+    with pytest.raises(KeyError, match="no model 'random_0'"):
+        model_result(split, "random_0")
 
 
 def test_flat_metrics_keeps_scores_and_drops_budgets_counts_and_traces():

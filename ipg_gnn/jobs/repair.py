@@ -304,8 +304,9 @@ class Finished:
     """What a repair run has finished, kept in its directory and recorded with checksums in
     `run.json`: the same command run again into the same directory takes each recorded step as
     done (the plan, the original's evaluation, each method's draws) and computes only the rest,
-    so an interrupted sweep job loses at most the draw it was in. What an objective collects
-    while methods run (a backdoor's refreshed stamps) covers only the draws this process ran."""
+    so an interrupted sweep job loses at most the draw it was in. A draw counts as done only
+    with its model file intact. What an objective collects while methods run (a backdoor's
+    reversal summary and refreshed stamps) covers only the draws this process ran."""
 
     out: Path
     record: RunRecord
@@ -317,15 +318,42 @@ class Finished:
         if not self.record.holds(name):
             return None
         self.resumed.append(name)
+        return self._read(name)
+
+    def _read(self, name: str) -> Any:
         return torch.load(self.out / name, map_location="cpu", weights_only=True)
 
     def save(self, name: str, obj: Any) -> None:
         atomic_save(obj, self.out / name)
         self.record.add(name)
 
-    def save_model(self, name: str, model: nn.Module, meta: Mapping[str, Any]) -> None:
-        save_checkpoint(self.out / name, model, self.arch, meta)
-        self.record.add(name)
+    def load_draw(self, tag: str) -> dict[str, Any] | None:
+        """A finished draw's result, if it and its model file are recorded and unchanged."""
+        name = f"draws/{tag}.pt"
+        if not self.record.holds(name):
+            return None
+        saved = self._read(name)
+        if saved["model"] is not None and not self.record.holds(saved["model"]):
+            return None
+        self.resumed.append(name)
+        return saved["result"]
+
+    def save_draw(self, tag: str, name: str, result: dict, model: nn.Module | None) -> None:
+        """A finished draw: its model (None: an inference-time patch, no checkpoint of the
+        architecture), then its result."""
+        if model is not None:
+            plan = {"plan": str(self.out / "repair_plan.json")}
+            save_checkpoint(
+                self.out / checkpoint_name(tag),
+                model,
+                self.arch,
+                plan if tag == "targeted" else {"method": name},
+            )
+            self.record.add(checkpoint_name(tag))
+        self.save(
+            f"draws/{tag}.pt",
+            {"result": result, "model": None if model is None else checkpoint_name(tag)},
+        )
 
 
 def checkpoint_name(tag: str) -> str:
@@ -351,7 +379,7 @@ def run_methods(
     for name, method in methods.items():
         draws = []
         for d, tag in method.draw_tags(name).items():
-            result = finished.load(f"draws/{tag}.pt")
+            result = finished.load_draw(tag)
             if result is None:
                 with clock(f"repair_{tag}"):
                     model, info = method(ctx, d)
@@ -359,11 +387,8 @@ def run_methods(
                 with clock(f"evaluate_{tag}"):
                     evaluation, _ = evaluate(model, transfer_from=original_examples)
                 result = {**evaluation, **info, **({"draw": d} if tag != name else {})}
-                if type(model) is type(ctx.model):
-                    plan = {"plan": str(finished.out / "repair_plan.json")}
-                    meta = plan if tag == "targeted" else {"method": name}
-                    finished.save_model(checkpoint_name(tag), model, meta)
-                finished.save(f"draws/{tag}.pt", result)
+                kept = model if type(model) is type(ctx.model) else None
+                finished.save_draw(tag, name, result, kept)
             log.info("%s: %s", tag, ctx.objective.columns(result))
             draws.append(result)
         results[name] = draws[0] if len(draws) == 1 else {**mean_results(draws), "draws": draws}
@@ -402,7 +427,8 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     `models/<baseline>.pt` (each baseline's model; `<baseline>_<d>.pt` for each draw of several),
     `repair_report.{json,md}` and
     `finetune_curves.png`, and sends the report's numbers to the configured loggers. Run again
-    into the same directory with the same config, it resumes (`Finished`)."""
+    into the same directory with the same config, it resumes (`Finished`: `evaluation_before.pt`
+    and `draws/<tag>.pt` hold what it takes as done)."""
     check_settings(cfg, RepairSettings)
     check_counts(cfg)
     device = repair_device(cfg.device)
@@ -411,6 +437,7 @@ def run_repair(cfg: DictConfig) -> dict[str, Any]:
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset  # attacks take their budget from the train run's dataset
+        cfg.device = device.type  # as resolved: a resumed run never mixes devices
     components = repair_components(cfg, run)
     out = Path(cfg.paths.output_dir)
     with claim(out, "repair", cfg) as record:

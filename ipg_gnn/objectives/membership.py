@@ -245,7 +245,7 @@ class PrivacyLoss:
         loss = self.ce_weight * mean_or_zero(
             nn.functional.cross_entropy(logits[~member], batch.y[~member], reduction="none")
         )
-        targets = self.soft_targets[batch.groups[POSITION][member]].to(logits)
+        targets = self.soft_targets[batch.groups[POSITION][member].cpu()].to(logits)
         distill = -(targets * logits[member].log_softmax(1)).sum(1)
         loss = loss + self.distill_weight * mean_or_zero(distill)
         if min(int(member.sum()), int((~member).sum())) >= 2:

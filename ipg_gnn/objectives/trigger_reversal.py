@@ -139,6 +139,7 @@ def reverse_class(
     if steps < 1:
         raise ValueError(f"a reversal needs at least one step; got steps={steps}")
     generator = torch.Generator().manual_seed(seed)
+    x = x.to(next(model.parameters()).device)
     _, channels, height, width = x.shape
     mask_raw = torch.zeros(1, 1, height, width, device=x.device, requires_grad=True)
     pattern_raw = torch.zeros(1, channels, height, width, device=x.device, requires_grad=True)
@@ -216,7 +217,7 @@ def reverse_engineer(
     with evaluating(model):
         if num_classes is None:
             with torch.no_grad():
-                num_classes = model(x[:1]).shape[1]
+                num_classes = model(x[:1].to(next(model.parameters()).device)).shape[1]
         if num_classes < 3:
             raise ValueError(f"an anomaly index needs at least 3 classes; got {num_classes}")
         x = draw_inputs(x, max_inputs, seed)

@@ -45,7 +45,7 @@ def plan_masks(model: nn.Module, plan: RepairPlan, capture_plan: CapturePlan) ->
         op = _op(capture_plan, layer)
         for source, unit in targets:
             try:
-                weight |= op.edge_entries(unit, source)
+                weight |= op.edge_entries(unit, source).to(weight.device)
             except ValueError as e:
                 raise PlanError(f"layer {layer}: {e}") from e
         masks[f"{layer}.weight"] = weight

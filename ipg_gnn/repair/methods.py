@@ -206,7 +206,7 @@ def mean_inputs(model: nn.Module, layer: str, images: Images) -> torch.Tensor:
         lambda module, args: store.append(args[0].detach())
     )
     try:
-        model.eval()(images.x)
+        model.eval()(images.x.to(next(model.parameters()).device))
     finally:
         hook.remove()
     x = store[0]
@@ -307,7 +307,7 @@ def mean_unit_outputs(
         lambda module, args, out: store.append(out[:, list(units)].detach())
     )
     try:
-        model.eval()(images.x)
+        model.eval()(images.x.to(next(model.parameters()).device))
     finally:
         hook.remove()
     out = store[0]

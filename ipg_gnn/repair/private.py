@@ -142,7 +142,7 @@ class DPSGDFinetune(RepairMethod):
             optimizer=torch.optim.Adam(model.parameters(), lr=schedule["lr"]),
             data_loader=loader,
             max_grad_norm=self.max_grad_norm,
-            noise_generator=torch.Generator().manual_seed(seed),
+            noise_generator=torch.Generator(next(model.parameters()).device).manual_seed(seed),
         )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Secure RNG turned off")
@@ -208,7 +208,7 @@ class DPSGDFinetune(RepairMethod):
                         "epoch": epoch,
                         "val_clean_acc": accuracy(module, ctx.val),  # leaves it in eval mode
                         "loss": float(loss.detach()),
-                        "epsilon": engine.get_epsilon(delta),
+                        "epsilon": float(engine.get_epsilon(delta)),  # numpy from opacus
                     }
                 )
         return history

@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from ipg_gnn.objectives import Objective  # noqa: E402
 
-# Per-model entries that are not scores: budgets (eps), sample counts, the fine-tuning trace.
-_NOT_METRICS = ("eps", "n", "history")
+# Per-model entries that are not scores: budgets (eps), sample counts, the fine-tuning trace, a
+# random plan's draw number.
+_NOT_METRICS = ("eps", "n", "history", "draw")
 
 
 def flat_metrics(report: Mapping, prefix: str = "") -> dict[str, float]:
@@ -32,29 +33,35 @@ def flat_metrics(report: Mapping, prefix: str = "") -> dict[str, float]:
 
 def mean_results(results: Sequence[Mapping]) -> dict:
     """The mean of every number the results share, nested keys kept (several random plans'
-    runs as one baseline row); traces and other non-numbers are left out."""
+    runs as one baseline row); traces, other non-numbers and draw numbers are left out."""
     mean: dict = {}
     for key, value in results[0].items():
         if isinstance(value, Mapping):
             mean[key] = mean_results([r[key] for r in results])
-        elif isinstance(value, int | float) and not isinstance(value, bool):
+        elif isinstance(value, int | float) and not isinstance(value, bool) and key != "draw":
             mean[key] = sum(r[key] for r in results) / len(results)
     return mean
 
 
 def model_result(report: Mapping, name: str) -> Mapping:
     """The result of the model a repair run saved as `name`: `before`, `after`, a baseline, or
-    `<baseline>_<d>`, draw d of a baseline of several draws (its first draw for the bare name)."""
+    `<baseline>_<d>`, draw number d of a baseline (its first draw for the bare name)."""
     if name in ("before", "after"):
         return report[name]
     baselines = report["baselines"]
     if name in baselines:
         return baselines[name].get("draws", [baselines[name]])[0]
     method, _, draw = name.rpartition("_")
-    draws = baselines.get(method, {}).get("draws", [])
-    if not (draw.isdigit() and int(draw) < len(draws)):
+    result = baselines.get(method, {})
+    # A draw is found by its number (`first_draw` may start a job's draws after 0).
+    found = [
+        one
+        for i, one in enumerate(result.get("draws", [result] if result else []))
+        if draw.isdigit() and one.get("draw", i) == int(draw)
+    ]
+    if not found:
         raise KeyError(f"no model {name!r} in the repair report (baselines: {list(baselines)})")
-    return draws[int(draw)]
+    return found[0]
 
 
 def tied_note(plan: Mapping) -> str:
