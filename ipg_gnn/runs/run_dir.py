@@ -78,7 +78,7 @@ class RunRecord:
             path = self.directory / name
             if name not in self.artifacts:
                 raise ArtifactError(f"{path} is not an artifact of run {self.run_id}; {remedy}")
-            if not path.is_file() or checksum(path) != self.artifacts[name]:
+            if not self.holds(name):
                 raise ArtifactError(
                     f"{path} is missing or changed since run {self.run_id} wrote it; {remedy}"
                 )
