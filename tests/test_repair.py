@@ -401,6 +401,7 @@ def test_repair_job_end_to_end(tmp_path, monkeypatch):
     markdown = (run / "repair_report.md").read_text()
     assert "| targeted repair |" in markdown and "Validation part of the repair split" in markdown
     assert "| random (mean of 2 plans) |" in markdown
+    from ipg_gnn.tools.summary import gather
     from ipg_gnn.tools.summary import main as summary
 
     text = summary([str(tmp_path)])
@@ -412,6 +413,18 @@ def test_repair_job_end_to_end(tmp_path, monkeypatch):
     assert row[head.index("robust lead over random")] == f"{lead * 100:+.1f}"
     assert row[head.index("robust random plans")].endswith("(2)")
     assert (tmp_path / "summary.png").stat().st_size > 10_000
+    # A second job of the same budget whose draws are 2 and 3 (`first_draw=2`) joins the row; a
+    # draw number two jobs share (this run read twice) is counted once.
+    second = tmp_path.parent / f"{tmp_path.name}_second"
+    second.mkdir()
+    (second / "repair_config.yaml").write_text((run / "repair_config.yaml").read_text())
+    other = json.loads((run / "repair_report.json").read_text())
+    for number, draw in enumerate(other["baselines"]["random"]["draws"], start=2):
+        draw.update(draw=number, robust_acc=1.0)
+    (second / "repair_report.json").write_text(json.dumps(other))
+    (merged,) = gather(run, second, run)
+    assert [d.get("draw") for d in merged["random_draws"]] == [0, 1, 2, 3]
+    assert merged["random"]["robust_acc"] == pytest.approx((sum(robust_draws) + 2) / 4)
     # Every baseline's model is kept (an inference-time patch has no checkpoint); the independent
     # check attacks each kept model.
     models = sorted(p.name for p in (run / "models").iterdir())

@@ -8,7 +8,9 @@ with `summary.png` (into the first directory, or `--out`): each job's test accur
 against the share of parameters it changed, one panel per measure (robust accuracy first),
 with the targeted repair, the mean of its random plans of the same budget (bars: one standard
 deviation over the draws, each draw drawn faintly), full fine-tuning and the unrepaired model.
-Several directories let one sweep run as several processes.
+Several directories let one sweep run as several processes; jobs of the same plan and budget
+that split the random draws (`repair.methods.random.first_draw`) become one row with all their
+draws (a draw number two jobs share is counted once).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from omegaconf import OmegaConf
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import PercentFormatter  # noqa: E402
+
+from ipg_gnn.repair.report import mean_results  # noqa: E402
 
 FULL = "full_finetune"
 
@@ -58,7 +62,33 @@ def gather(*directories: str | Path) -> list[dict]:
     if not rows:
         found = ", ".join(str(Path(d).resolve()) for d in directories)
         raise FileNotFoundError(f"no repair_report.json under {found}")
-    return sorted(rows, key=lambda r: r["after"]["params_changed_fraction"])
+    return sorted(merge_jobs(rows), key=lambda r: r["after"]["params_changed_fraction"])
+
+
+def merge_jobs(rows: Sequence[dict]) -> list[dict]:
+    """One row per (layer, level, budget, explainer): jobs that split one budget's random draws
+    over processes each repeat the same targeted repair (the first job's is kept) and add their
+    own draws, found by draw number (`draw`; a report without numbers counts from 0)."""
+    merged: dict[tuple, dict] = {}
+    for row in rows:
+        key = (row["layer"], row["level"], str(row["k"]), row["fraction"], row["explainer"])
+        if key not in merged:
+            merged[key] = {**row, "random_draws": dict(_numbered(row["random_draws"]))}
+            continue
+        into = merged[key]
+        into["job"] += f", {row['job']}"
+        into[FULL] = into[FULL] or row[FULL]
+        for number, draw in _numbered(row["random_draws"]):
+            into["random_draws"].setdefault(number, draw)
+    for row in merged.values():
+        row["random_draws"] = [row["random_draws"][n] for n in sorted(row["random_draws"])]
+        if len(row["random_draws"]) > 1:
+            row["random"] = {**mean_results(row["random_draws"]), "draws": row["random_draws"]}
+    return list(merged.values())
+
+
+def _numbered(draws: Sequence[Mapping[str, Any]]) -> list[tuple[int, Mapping[str, Any]]]:
+    return [(draw.get("draw", i), draw) for i, draw in enumerate(draws)]
 
 
 def measures(result: Mapping[str, Any]) -> list[str]:
