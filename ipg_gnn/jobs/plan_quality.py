@@ -8,7 +8,8 @@ few masked steps on its fine-tuning part), beside `study.draws` random plans of 
 level and budget; `study.update` (a `conf/repair/update/` config, default none: every planned
 entry on its own) scores the plans under that repair mechanism (mind `study.lr`). Writes
 `plan_quality.json` and `plan_quality.png` (gain against budget, one line per explainer, its
-random plans as mean and spread). The test split is never touched.
+random plans as mean and spread; `device=` as in repair.py: the look-ahead on it, the
+attribution on the CPU). The test split is never touched.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from omegaconf import DictConfig, open_dict
 
 from ipg_gnn.jobs.checks import RepairSettings, check_settings
-from ipg_gnn.jobs.repair import RepairSplitSource, make_repair_plan, repair_parts
+from ipg_gnn.jobs.repair import RepairSplitSource, make_repair_plan, repair_device, repair_parts
 from ipg_gnn.jobs.stages import build, make_objective
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import plan_masks
@@ -45,22 +46,25 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
     check_settings(cfg, RepairSettings)
     study = cfg.study
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
+    device = repair_device(cfg.device)
     run = load_train_run(train_dir)
     cfg = copy.deepcopy(cfg)
     with open_dict(cfg):
         cfg.dataset = run.cfg.dataset
+        cfg.device = device.type
     objective = make_objective(cfg)
     attributors = {n: build(c, f"study.explainers.{n}") for n, c in study.explainers.items()}
     update = build(study.update, "study.update") if study.get("update") else None
     fine_tune, val = repair_parts(cfg, run, objective)
     out = Path(cfg.paths.output_dir)
     clock = StageClock()
+    model = copy.deepcopy(run.model).to(device)  # the look-ahead's; attribution stays on the CPU
 
     def gain(plan, capture_plan) -> float:
-        masks = plan_masks(run.model, plan, capture_plan)
+        masks = plan_masks(model, plan, capture_plan)
         loss = objective.repair_loss(plan.units(), cfg.seed)
         return lookahead_gain(
-            run.model, masks, fine_tune, val, loss, study.steps, study.lr, study.batch_size,
+            model, masks, fine_tune, val, loss, study.steps, study.lr, study.batch_size,
             cfg.seed, update,
         )["gain"]  # fmt: skip
 

@@ -24,10 +24,10 @@ from ipg_gnn.repair.updates import Update
 def mean_loss(model: nn.Module, images: Images, loss_fn: RepairLoss, batch_size: int) -> float:
     """The repair loss averaged over `images` (the loss may craft inputs, so no `no_grad`);
     every call uses the first step's seed, so losses before and after compare like for like."""
-    total = 0.0
+    total, device = 0.0, next(model.parameters()).device
     with loss_fn.attach(model):
         for i in range(0, len(images), batch_size):
-            batch = images.subset(range(i, min(i + batch_size, len(images))))
+            batch = images.subset(range(i, min(i + batch_size, len(images)))).to(device)
             total += float(loss_fn(model, batch, 1).detach()) * len(batch)
     return total / len(images)
 
