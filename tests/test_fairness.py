@@ -281,6 +281,10 @@ def test_the_study_chooses_on_validation_within_the_accuracy_tolerance():
     # the test numbers play no part.
     assert choose(points, 0.85, 0.01)["setting"] == 2
     assert choose(points, 0.87, 0.01) is None
+    # Chosen by another gap: the lowest validation DP difference among the eligible points.
+    for p, dp in zip(points, (0.02, 0.04, 0.0), strict=True):
+        p["val"]["dp_diff"] = dp
+    assert choose(points, 0.85, 0.01, "dp_diff")["setting"] == 1
 
 
 def test_the_study_labels_anchored_repairs_with_both_weights():
@@ -361,7 +365,7 @@ def test_the_frontier_gap_compares_accuracy_at_equal_eo():
     # At EO 0.03 the front is at 0.845: +0.005; 0.01 is outside the front's range.
     gap = frontier_gap([point(0.85, 0.03), point(0.80, 0.01)], others)
     assert gap["mean"] == pytest.approx(0.005)
-    assert (gap["n"], gap["of"], gap["lowest_eo"], gap["others_lowest_eo"]) == (1, 2, 0.01, 0.02)
+    assert (gap["n"], gap["of"], gap["lowest"], gap["others_lowest"]) == (1, 2, 0.01, 0.02)
 
 
 def test_the_temperature_sharpens_the_score_the_gap_sees():

@@ -6,8 +6,9 @@ each penalty weight. `python -m ipg_gnn.tools.fairness_study <multirun dir> [<mo
 [--out <dir>]` gathers those jobs (several sweeps of one train run, e.g. plans of other layers,
 are labelled by their directory's name) and runs, on the same splits of the same train run:
 
-- fairlearn's `ExponentiatedGradient` (reductions, Agarwal et al. 2018) under an
-  equalized-odds constraint of each bound in `--bounds`. Reductions retrain the classifier many
+- fairlearn's `ExponentiatedGradient` (reductions, Agarwal et al. 2018) under a constraint on
+  the study's gap (`--gap`: equalized odds, the default, or demographic parity) of each bound
+  in `--bounds`. Reductions retrain the classifier many
   times with sample weights, which the torch MLP's training does not take: the estimator is a
   scikit-learn logistic regression on the same features, trained on the target's training split.
 - fairlearn's `ThresholdOptimizer` (post-processing, Hardt et al. 2016) on the target MLP's
@@ -15,7 +16,7 @@ are labelled by their directory's name) and runs, on the same splits of the same
   prediction time, which the repaired MLPs do not.
 
 Every method's operating point is chosen on the repair split's validation part only: the lowest
-validation equalized-odds difference among the points whose validation accuracy is within
+validation difference of the study's gap among the points whose validation accuracy is within
 `--tolerance` of the original model's. Sweeps repeated with other repair seeds (`seed=0,1,2`:
 each draws its own fine-tuning / validation partition of the repair split) make one point per
 setting, the mean over the seeds, so the choice rests on every partition's validation part;
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +39,7 @@ import matplotlib
 import numpy as np
 import torch
 from fairlearn.postprocessing import ThresholdOptimizer
-from fairlearn.reductions import EqualizedOdds, ExponentiatedGradient
+from fairlearn.reductions import DemographicParity, EqualizedOdds, ExponentiatedGradient, Moment
 from omegaconf import OmegaConf
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
@@ -54,6 +56,27 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 #: Report rows of a repair job, by method name in its report.
 REPAIR_ROWS = {"targeted": "after", "random": "random", "all_parameters": "all_parameters"}
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The fairness gap a study chooses by and draws: its key in the numbers, fairlearn's
+    reductions moment and post-processing constraint, and its names."""
+
+    key: str
+    moment: type[Moment]
+    constraint: str
+    short: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.constraint.replace('_', '-')} difference"
+
+
+GAPS = {
+    "equalized_odds": Gap("eo_diff", EqualizedOdds, "equalized_odds", "EO"),
+    "demographic_parity": Gap("dp_diff", DemographicParity, "demographic_parity", "DP"),
+}
 
 
 class TorchScores(BaseEstimator, ClassifierMixin):
@@ -176,8 +199,9 @@ def reductions_curve(
     partitions: Mapping[int, Mapping[str, Images]],
     bounds: Sequence[float],
     bootstrap: int = 0,
+    gap: Gap = GAPS["equalized_odds"],
 ) -> list[dict[str, Any]]:
-    """ExponentiatedGradient (equalized odds, each bound) over a logistic regression trained
+    """ExponentiatedGradient (the `gap`'s constraint, each bound) over a logistic regression trained
     on the target's training split, scored on each repair seed's parts (`partitions`: seed ->
     name -> inputs), the mean over them as the repairs' (`mean_row`)."""
     train = run.splits.images(run.data, "target_train")
@@ -185,7 +209,7 @@ def reductions_curve(
     for bound in bounds:
         mitigator = ExponentiatedGradient(
             LogisticRegression(max_iter=1000),
-            EqualizedOdds(difference_bound=bound),
+            gap.moment(difference_bound=bound),
         )
         mitigator.fit(
             features(train), train.y.numpy(), sensitive_features=train.groups[attribute].numpy()
@@ -214,11 +238,13 @@ def threshold_point(
     parts: Mapping[str, Images],
     seed: int,
     bootstrap: int = 0,
+    gap: Gap = GAPS["equalized_odds"],
 ) -> dict[str, Any]:
-    """ThresholdOptimizer (equalized odds) on the target's scores, fitted on `fine_tune`."""
+    """ThresholdOptimizer (the `gap`'s constraint) on the target's scores, fitted on
+    `fine_tune`."""
     optimizer = ThresholdOptimizer(
         estimator=TorchScores(run.model).fit(None, None),
-        constraints="equalized_odds",
+        constraints=gap.constraint,
         predict_method="predict_proba",
         prefit=True,
     )
@@ -227,7 +253,7 @@ def threshold_point(
         fine_tune.y.numpy(),
         sensitive_features=fine_tune.groups[attribute].numpy(),
     )
-    point: dict[str, Any] = {"setting": "equalized_odds"}
+    point: dict[str, Any] = {"setting": gap.constraint}
     for name, images in parts.items():
         pred = optimizer.predict(
             features(images),
@@ -254,55 +280,66 @@ def as_point(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def choose(points: Sequence[Mapping], val_acc: float, tolerance: float) -> Mapping | None:
-    """The point of lowest validation EO difference within `tolerance` of `val_acc` (None if
-    no point is)."""
+def choose(
+    points: Sequence[Mapping], val_acc: float, tolerance: float, key: str = "eo_diff"
+) -> Mapping | None:
+    """The point of lowest validation gap (`key`: EO difference by default) within `tolerance`
+    of `val_acc` (None if no point is)."""
     fit = [p for p in points if p["val"]["clean_acc"] >= val_acc - tolerance]
-    return min(fit, key=lambda p: p["val"]["eo_diff"]) if fit else None
+    return min(fit, key=lambda p: p["val"][key]) if fit else None
 
 
-def pareto_front(points: Sequence[Mapping]) -> np.ndarray:
-    """The (test EO difference, test accuracy) points no other point beats on both, by EO."""
+def pareto_front(points: Sequence[Mapping], key: str = "eo_diff") -> np.ndarray:
+    """The (test gap, test accuracy) points no other point beats on both, by gap (`key`)."""
     front: list[tuple[float, float]] = []
-    for eo, acc in sorted((p["test"]["eo_diff"], p["test"]["clean_acc"]) for p in points):
+    for eo, acc in sorted((p["test"][key], p["test"]["clean_acc"]) for p in points):
         if not front or acc > front[-1][1]:
             front.append((eo, acc))
     return np.array(front)
 
 
-def frontier_gap(points: Sequence[Mapping], others: Sequence[Mapping]) -> dict[str, Any]:
+def frontier_gap(
+    points: Sequence[Mapping], others: Sequence[Mapping], key: str = "eo_diff"
+) -> dict[str, Any]:
     """Each of `points`' test accuracy minus the Pareto front of `others` (linear between its
-    points) at the same test EO difference, for the points within the front's EO range: > 0
-    where `points` trade accuracy for fairness better. A description of the curves (test
-    numbers), not a choice."""
-    front = pareto_front(others)
+    points) at the same test gap (`key`), for the points within the front's range: > 0 where
+    `points` trade accuracy for fairness better. A description of the curves (test numbers),
+    not a choice."""
+    front = pareto_front(others, key)
     gaps = [
-        p["test"]["clean_acc"] - float(np.interp(p["test"]["eo_diff"], front[:, 0], front[:, 1]))
+        p["test"]["clean_acc"] - float(np.interp(p["test"][key], front[:, 0], front[:, 1]))
         for p in points
-        if front[0, 0] <= p["test"]["eo_diff"] <= front[-1, 0]
+        if front[0, 0] <= p["test"][key] <= front[-1, 0]
     ]
     return {
         "mean": float(np.mean(gaps)) if gaps else None,
         "n": len(gaps),
         "of": len(points),
-        "lowest_eo": float(min(p["test"]["eo_diff"] for p in points)),
-        "others_lowest_eo": float(front[0, 0]),
+        "lowest": float(min(p["test"][key] for p in points)),
+        "others_lowest": float(front[0, 0]),
     }
 
 
-def plot_tradeoff(curves: Mapping[str, Sequence[Mapping]], before: Mapping, path: Path) -> Path:
-    """Test accuracy against test EO difference of every point of every method."""
+def plot_tradeoff(
+    curves: Mapping[str, Sequence[Mapping]],
+    before: Mapping,
+    path: Path,
+    gap: Gap = GAPS["equalized_odds"],
+) -> Path:
+    """Test accuracy against the test gap of every point of every method."""
     fig, ax = plt.subplots(figsize=(7, 5))
     for name, points in curves.items():
-        xs = [p["test"]["eo_diff"] for p in points]
+        xs = [p["test"][gap.key] for p in points]
         ys = [p["test"]["clean_acc"] for p in points]
         ax.plot(xs, ys, "o-" if len(points) > 1 else "s", label=name)
         for p, x, y in zip(points, xs, ys, strict=True):
             ax.annotate(str(p["setting"]), (x, y), fontsize=6, alpha=0.7)
-    ax.plot(before["eo_diff"], before["clean_acc"], "k*", ms=12, label="original")
+    ax.plot(before[gap.key], before["clean_acc"], "k*", ms=12, label="original")
     ax.axhline(before["clean_acc"] - 0.01, color="grey", ls="--", lw=0.8, label="-1 point")
-    ax.axvline(before["eo_diff"] / 2, color="grey", ls=":", lw=0.8, label="half the EO diff")
-    ax.set(xlabel="equalized-odds difference (test)", ylabel="accuracy (test)")
+    ax.axvline(
+        before[gap.key] / 2, color="grey", ls=":", lw=0.8, label=f"half the {gap.short} diff"
+    )
+    ax.set(xlabel=f"{gap.label} (test)", ylabel="accuracy (test)")
     ax.set_title("Accuracy-fairness trade-off (labels: penalty weight / constraint bound)")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -331,11 +368,16 @@ def plot_group_rates(models: Mapping[str, Mapping], path: Path) -> Path:
 
 
 def study(
-    directories: Sequence[Path], out: Path, bounds: Sequence[float], tolerance: float
+    directories: Sequence[Path],
+    out: Path,
+    bounds: Sequence[float],
+    tolerance: float,
+    gap: Gap = GAPS["equalized_odds"],
 ) -> dict[str, Any]:
     """Gather the jobs of every sweep directory (of one train run; methods labelled by their
-    directory's name when there are several), run fairlearn's mitigations, choose every
-    method's point on validation, write the table and plots into `out`; returns the study."""
+    directory's name when there are several), run fairlearn's mitigations for `gap`, choose
+    every method's point on validation by it, write the table and plots into `out`; returns
+    the study."""
     sweeps = {d: gather(d) for d in directories}
     first = next(iter(sweeps.values()))[0]
     others = {j["train_dir"] for jobs in sweeps.values() for j in jobs} - {first["train_dir"]}
@@ -359,24 +401,25 @@ def study(
     }
     boot = interval_resamples(int(first["cfg"].objective.bootstrap), len(seeds))
     curves["reductions (ExpGrad, logistic)"] = reductions_curve(
-        run, attribute, partitions, bounds, boot
+        run, attribute, partitions, bounds, boot, gap
     )
     thresholds = [
-        threshold_point(run, attribute, fine_tune, partitions[s], s, boot)
+        threshold_point(run, attribute, fine_tune, partitions[s], s, boot, gap)
         for s, (fine_tune, _) in splits.items()
     ]
-    curves["ThresholdOptimizer"] = [{"setting": "equalized_odds", **mean_row(thresholds)}]
+    curves["ThresholdOptimizer"] = [{"setting": gap.constraint, **mean_row(thresholds)}]
     chosen = {
-        m: choose(points, before["val"]["clean_acc"], tolerance) for m, points in curves.items()
+        m: choose(points, before["val"]["clean_acc"], tolerance, gap.key)
+        for m, points in curves.items()
     }
     against_random = {
-        m: frontier_gap(points, curves[m.replace("targeted", "random", 1)])
+        m: frontier_gap(points, curves[m.replace("targeted", "random", 1)], gap.key)
         for m, points in curves.items()
         if m.startswith("targeted") and m.replace("targeted", "random", 1) in curves
     }
     reductions = curves["reductions (ExpGrad, logistic)"]
     against_reductions = {
-        m: frontier_gap([p], reductions)
+        m: frontier_gap([p], reductions, gap.key)
         for m, p in chosen.items()
         if p is not None and m.split(",")[0] in REPAIR_ROWS
     }
@@ -384,6 +427,7 @@ def study(
         "directories": [str(d) for d in directories],
         "train_dir": first["train_dir"],
         "attribute": attribute,
+        "gap": gap.constraint,
         "tolerance": tolerance,
         "repair_seeds": seeds,
         "before": before,
@@ -395,7 +439,7 @@ def study(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(json.dumps(result, indent=2), out / "study.json")
     atomic_write_text(markdown(result) + "\n" + points_markdown(result), out / "study.md")
-    plot_tradeoff(curves, before, out / "tradeoff.png")
+    plot_tradeoff(curves, before, out / "tradeoff.png", gap)
     models = {"original": before} | {
         m: p["test"] for m, p in chosen.items() if p and "by_group" in p["test"]
     }
@@ -413,19 +457,20 @@ def cell(numbers: Mapping[str, Any], key: str, fmt: str) -> str:
 
 def markdown(result: Mapping[str, Any]) -> str:
     """The chosen point of every method, test numbers (bootstrap intervals in brackets)."""
-    before = result["before"]
+    before, gap = result["before"], GAPS[result.get("gap", "equalized_odds")]
     seeds = result.get("repair_seeds", [])
     over = f", the mean over repair seeds {seeds}' partitions" if len(seeds) > 1 else ""
     lines = [
         f"# Fairness study ({result['attribute']})",
         "",
         f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
-        f"validation part (n = {before['val']['n']}{over}; lowest EO diff with accuracy within "
+        f"validation part (n = {before['val']['n']}{over}; lowest {gap.short} diff with accuracy "
+        f"within "
         f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (and anchor "
         "weight, if any; repairs) or constraint bound (reductions).",
         "",
         "| model | setting | accuracy | EO diff | DP diff | params changed | val accuracy "
-        "| val EO diff |",
+        f"| val {gap.short} diff |",
         "|---|---|---|---|---|---|---|---|",
     ]
     rows = {"original": {"setting": "-", "test": before, "val": before["val"]}}
@@ -439,21 +484,26 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"| {name} | {p['setting']} | {cell(t, 'clean_acc', '.2%')} | "
             f"{cell(t, 'eo_diff', '.3f')} | {cell(t, 'dp_diff', '.3f')} | "
             f"{'-' if changed is None else f'{changed:.1%}'} | {v['clean_acc']:.2%} | "
-            f"{v['eo_diff']:.3f} |"
+            f"{v[gap.key]:.3f} |"
         )
     if result.get("against_random"):
         lines += table_section(
             "Targeted against random plans (mean of draws) on test, every point of a sweep: "
-            "targeted accuracy minus the random points' Pareto front at equal EO difference "
-            "(mean over the targeted points within the front's EO range), and each curve's "
-            "lowest EO difference.",
-            ["sweep", "accuracy vs random front", "points compared", "lowest EO targeted / random"],
+            f"targeted accuracy minus the random points' Pareto front at equal {gap.short} "
+            f"difference (mean over the targeted points within the front's range), and each "
+            f"curve's lowest {gap.short} difference.",
+            [
+                "sweep",
+                "accuracy vs random front",
+                "points compared",
+                f"lowest {gap.short} targeted / random",
+            ],
             [
                 [
                     name,
                     "-" if g["mean"] is None else f"{100 * g['mean']:+.2f} points",
                     f"{g['n']} of {g['of']}",
-                    f"{g['lowest_eo']:.3f} / {g['others_lowest_eo']:.3f}",
+                    f"{g['lowest']:.3f} / {g['others_lowest']:.3f}",
                 ]
                 for name, g in result["against_random"].items()
             ],
@@ -461,8 +511,8 @@ def markdown(result: Mapping[str, Any]) -> str:
     if result.get("against_reductions"):
         lines += table_section(
             "Each chosen repair against fairlearn's reductions on test: its accuracy minus the "
-            "Pareto front of ExpGrad's points at the same EO difference (outside: its EO "
-            "difference is outside the range of ExpGrad's front).",
+            f"Pareto front of ExpGrad's points at the same {gap.short} difference (outside: its "
+            f"{gap.short} difference is outside the range of ExpGrad's front).",
             ["model", "accuracy vs reductions front"],
             [
                 [name, "outside" if g["mean"] is None else f"{100 * g['mean']:+.2f} points"]
@@ -486,12 +536,14 @@ def table_section(intro: str, head: Sequence[str], rows: Sequence[Sequence[str]]
 
 def points_markdown(result: Mapping[str, Any]) -> str:
     """Every point of every curve: test numbers (with each group's TPR, which shows whether a
-    gap closed by raising one group's rate or lowering both) and validation numbers."""
+    gap closed by raising one group's rate or lowering both) and validation numbers (of the
+    study's gap)."""
+    gap = GAPS[result.get("gap", "equalized_odds")]
     lines = [
         "## Every point",
         "",
         "| method | setting | accuracy | EO diff | DP diff | TPR (priv / unpriv) | val accuracy "
-        "| val EO diff | params changed |",
+        f"| val {gap.short} diff | params changed |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, points in result["curves"].items():
@@ -502,7 +554,7 @@ def points_markdown(result: Mapping[str, Any]) -> str:
             changed = p.get("params_changed_fraction")
             lines.append(
                 f"| {name} | {p['setting']} | {t['clean_acc']:.2%} | {t['eo_diff']:.3f} | "
-                f"{t['dp_diff']:.3f} | {tpr} | {v['clean_acc']:.2%} | {v['eo_diff']:.3f} | "
+                f"{t['dp_diff']:.3f} | {tpr} | {v['clean_acc']:.2%} | {v[gap.key]:.3f} | "
                 f"{'-' if changed is None else f'{changed:.1%}'} |"
             )
     return "\n".join(lines) + "\n"
@@ -516,9 +568,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="where to write (default: the first directory)")
     parser.add_argument("--bounds", type=float, nargs="+", default=[0.005, 0.01, 0.02, 0.04, 0.08])
     parser.add_argument("--tolerance", type=float, default=0.01)
+    parser.add_argument(
+        "--gap", choices=list(GAPS), default="equalized_odds", help="what the study chooses by"
+    )
     args = parser.parse_args(argv)
     out = args.out or args.directories[0]
-    result = study(args.directories, out, args.bounds, args.tolerance)
+    result = study(args.directories, out, args.bounds, args.tolerance, GAPS[args.gap])
     print(markdown(result))
 
 
