@@ -201,9 +201,9 @@ def reductions_curve(
     bootstrap: int = 0,
     gap: Gap = GAPS["equalized_odds"],
 ) -> list[dict[str, Any]]:
-    """ExponentiatedGradient (the `gap`'s constraint, each bound) over a logistic regression trained
-    on the target's training split, scored on each repair seed's parts (`partitions`: seed ->
-    name -> inputs), the mean over them as the repairs' (`mean_row`)."""
+    """ExponentiatedGradient (the `gap`'s constraint, each bound) over a logistic regression
+    trained on the target's training split, scored on each repair seed's parts (`partitions`:
+    seed -> name -> inputs), the mean over them as the repairs' (`mean_row`)."""
     train = run.splits.images(run.data, "target_train")
     points = []
     for bound in bounds:
@@ -292,9 +292,9 @@ def choose(
 def pareto_front(points: Sequence[Mapping], key: str = "eo_diff") -> np.ndarray:
     """The (test gap, test accuracy) points no other point beats on both, by gap (`key`)."""
     front: list[tuple[float, float]] = []
-    for eo, acc in sorted((p["test"][key], p["test"]["clean_acc"]) for p in points):
+    for value, acc in sorted((p["test"][key], p["test"]["clean_acc"]) for p in points):
         if not front or acc > front[-1][1]:
-            front.append((eo, acc))
+            front.append((value, acc))
     return np.array(front)
 
 
@@ -465,8 +465,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         "",
         f"Test split, n = {before['n']}. Each method's point chosen on the repair split's "
         f"validation part (n = {before['val']['n']}{over}; lowest {gap.short} diff with accuracy "
-        f"within "
-        f"{result['tolerance']:.0%} of the original's). Setting: penalty weight (and anchor "
+        f"within {result['tolerance']:.0%} of the original's). Setting: penalty weight (and anchor "
         "weight, if any; repairs) or constraint bound (reductions).",
         "",
         "| model | setting | accuracy | EO diff | DP diff | params changed | val accuracy "
