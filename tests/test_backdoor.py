@@ -176,23 +176,22 @@ def test_backdoor_objective_runs_both_jobs(tmp_path):
     assert trained["attack"]["clean_to_target"] < 0.2  # without the trigger, rarely class 0
     detection = json.loads((tmp_path / "logs/train/r1/detector_report.json").read_text())
     assert set(detection["per_trigger"]) == {"triggered"}
-    report = run_repair(
-        compose_config(
-            "repair",
-            tmp_path,
-            [
-                *common,
-                "experiment=backdoor_repair",
-                "repair.layer=net.1",
-                "repair.k=2",
-                "repair.finetune.epochs=1",
-                "repair.methods.targeted.prune=true",
-                "repair.baselines=[random,fine_pruning,full_finetune,neural_cleanse]",
-                "objective.reversal.steps=100",
-                "++repair.methods.neural_cleanse.finetune.tolerance=1.0",  # keep its last weights
-            ],
-        )
+    repair_cfg = compose_config(
+        "repair",
+        tmp_path,
+        [
+            *common,
+            "experiment=backdoor_repair",
+            "repair.layer=net.1",
+            "repair.k=2",
+            "repair.finetune.epochs=1",
+            "repair.methods.targeted.prune=true",
+            "repair.baselines=[random,fine_pruning,full_finetune,neural_cleanse]",
+            "objective.reversal.steps=100",
+            "++repair.methods.neural_cleanse.finetune.tolerance=1.0",  # keep its last weights
+        ],
     )
+    report = run_repair(repair_cfg)
     assert report["plan"]["targets"] == {"net.1": 2}
     assert 0 < report["after"]["params_changed"] <= 2 * 785
     assert {"clean_acc", "clean_to_target", "asr", "triggered_acc"} <= set(report["after"])
@@ -203,6 +202,11 @@ def test_backdoor_objective_runs_both_jobs(tmp_path):
     assert report["objective"]["reversal"]["suspect"] == 0
     assert report["baselines"]["neural_cleanse"]["params_changed_fraction"] > 0.5
     assert (tmp_path / "run" / "reversed_trigger.png").is_file()
+    # Run again into the same directory, every draw is taken as done: no reversal runs, and the
+    # report keeps the first run's summary of it.
+    resumed = run_repair(repair_cfg)
+    assert "draws/neural_cleanse.pt" in resumed["resumed"]
+    assert resumed["objective"] == report["objective"]
     markdown = (tmp_path / "run" / "repair_report.md").read_text()
     assert "| targeted repair |" in markdown and "suspect class 0" in markdown
     assert "| clean to target |" in markdown
@@ -340,9 +344,12 @@ def test_a_refresh_reverses_the_suspect_again_on_the_model_being_repaired(tmp_pa
     # Steps 3 and 5 start after 2 and 4 steps: two stamps of the suspect class joined the
     # first (none after the last step, which no step would use).
     assert len(loss.stamps) == 3
-    found = objective.repair_artifacts(tmp_path)["refreshed_stamps"]
+    # The draw's notes hold them (kept with its result), once.
+    found = objective.draw_notes()["refreshed_stamps"]
     assert [f["after_steps"] for f in found[0]] == [2, 4]
     assert all(f["mask_l1"] > 0 and not f["empty"] for f in found[0])
+    assert objective.draw_notes() == {}
+    assert set(objective.repair_artifacts(tmp_path)) == {"reversal"}
 
 
 def test_a_refresh_window_keeps_the_mask_near_the_first_stamp():

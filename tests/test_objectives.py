@@ -84,7 +84,7 @@ class Noise(Objective):
     def columns(self, result, validation=False):
         return {"clean": f"{result['clean_acc']:.2%}", "noisy": f"{result['noisy_acc']:.2%}"}
 
-    def report_note(self):
+    def report_note(self, notes):
         return "Noisy: Gaussian noise of the objective's sigma."
 
 

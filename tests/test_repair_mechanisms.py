@@ -47,7 +47,7 @@ class Objective:
     def columns(self, r, validation=False):
         return {"clean": f"{r['clean_acc']:.2%}"}
 
-    def report_note(self):
+    def report_note(self, notes):
         return ""
 
 

@@ -305,8 +305,9 @@ class Finished:
     `run.json`: the same command run again into the same directory takes each recorded step as
     done (the plan, the original's evaluation, each method's draws) and computes only the rest,
     so an interrupted sweep job loses at most the draw it was in. A draw counts as done only
-    with its model file intact. What an objective collects while methods run (a backdoor's
-    reversal summary and refreshed stamps) covers only the draws this process ran."""
+    with its model file intact. What an objective notes during a draw is part of the draw's
+    result; its summary of the whole repair (a backdoor's reversal) is kept as
+    `objective_notes.pt` for a process that runs no draw needing it."""
 
     out: Path
     record: RunRecord
@@ -384,9 +385,12 @@ def run_methods(
                 with clock(f"repair_{tag}"):
                     model, info = method(ctx, d)
                 info["repair_seconds"] = clock.seconds[f"repair_{tag}"]
+                notes = ctx.objective.draw_notes()
                 with clock(f"evaluate_{tag}"):
                     evaluation, _ = evaluate(model, transfer_from=original_examples)
                 result = {**evaluation, **info, **({"draw": d} if tag != name else {})}
+                if notes:
+                    result["objective"] = notes
                 kept = model if type(model) is type(ctx.model) else None
                 finished.save_draw(tag, name, result, kept)
             log.info("%s: %s", tag, ctx.objective.columns(result))
@@ -530,6 +534,10 @@ def _repair(
     if finished.resumed:
         log.info("resumed: took %s as done from an earlier run", ", ".join(finished.resumed))
     objective_notes = objective.repair_artifacts(out)
+    if objective_notes:
+        finished.save("objective_notes.pt", objective_notes)
+    else:
+        objective_notes = finished.load("objective_notes.pt") or {}
     curves = finetune_curves(
         results, methods, ctx, before["val"]["clean_acc"], out / "finetune_curves.png"
     )

@@ -268,7 +268,7 @@ class Backdoor(Objective):
         check_reversal_settings(self.reversal_settings)
         self.reversal: Reversal | None = None  # made on first use by reversed_trigger
         self.reversal_source: tuple[nn.Module, torch.Tensor, int] | None = None
-        #: Each repair loss's refreshed stamps (`StampRefresh.found`), in the order made.
+        #: Each repair loss's refreshed stamps (`StampRefresh.found`) since `draw_notes`.
         self.refreshes: list[list[dict[str, Any]]] = []
 
     def contrasts(self) -> dict[str, Contrast]:
@@ -381,13 +381,16 @@ class Backdoor(Objective):
         return binary
 
     def repair_artifacts(self, out: Path) -> dict[str, Any]:
-        """The reversal's plot (`reversed_trigger.png`) and summary, if one ran, and the stamps
-        refreshed during the repair (one list per repair loss, in the order the methods ran)."""
+        """The reversal's plot (`reversed_trigger.png`) and summary, if one ran."""
         if self.reversal is None:
             return {}
         self.reversal.plot(out / "reversed_trigger.png")
-        refreshed = {"refreshed_stamps": self.refreshes} if self.refreshes else {}
-        return {"reversal": self.reversal.summary(), **refreshed}
+        return {"reversal": self.reversal.summary()}
+
+    def draw_notes(self) -> dict[str, Any]:
+        """The stamps refreshed during the draw (one list per repair loss it made)."""
+        made, self.refreshes = self.refreshes, []
+        return {"refreshed_stamps": made} if made else {}
 
     def check_loss(self, settings: Mapping[str, Any]) -> None:
         check_stamp(settings.get("stamp", "known"))
@@ -463,7 +466,7 @@ class Backdoor(Objective):
             cells["triggered acc"] = f"{result['triggered_acc']:.2%}"
         return cells
 
-    def report_note(self) -> str:
+    def report_note(self, notes: Mapping[str, Any]) -> str:
         note = (
             "ASR: attack success rate, triggered inputs not of the target class "
             f"({self.target_class}) classified as it. Clean to target: the same inputs without "
@@ -471,12 +474,13 @@ class Backdoor(Objective):
             "did nothing). Triggered acc: accuracy on triggered inputs against their "
             "true labels."
         )
-        if self.reversal is None:
+        if "reversal" not in notes:
             return note
-        r = self.reversal
+        r = notes["reversal"]
+        suspect, norms = r["suspect"], r["mask_l1"]
         return note + (
             f" Reversed trigger (Neural Cleanse on the fine-tuning part): suspect class "
-            f"{r.suspect}, mask L1 {r.norms[r.suspect]:.1f} (median "
-            f"{float(np.median(r.norms)):.1f}), anomaly index {r.anomaly[r.suspect]:.2f}, "
-            f"flagged classes {r.flagged}; see reversed_trigger.png."
+            f"{suspect}, mask L1 {norms[suspect]:.1f} (median {float(np.median(norms)):.1f}), "
+            f"anomaly index {r['anomaly_index'][suspect]:.2f}, flagged classes {r['flagged']}; "
+            "see reversed_trigger.png."
         )

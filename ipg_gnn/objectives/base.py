@@ -195,7 +195,13 @@ class Objective(ABC):
     def repair_artifacts(self, out: Path) -> dict[str, Any]:
         """After the repair methods ran: write what the objective made for their losses that a
         reader should see (a backdoor's reversed triggers) into the repair directory `out`, and
-        return its summary for the report (default: nothing)."""
+        return its summary for the report (default: nothing; empty when no loss made any)."""
+        return {}
+
+    def draw_notes(self) -> dict[str, Any]:
+        """What the objective noted during the repair draw that just ended (a backdoor's stamps
+        refreshed during it), kept with that draw's result so a resumed run keeps it too, and
+        forgotten here (default: nothing)."""
         return {}
 
     @abstractmethod
@@ -247,5 +253,6 @@ class Objective(ABC):
         """A report row of one evaluated model: column header -> formatted cell."""
 
     @abstractmethod
-    def report_note(self) -> str:
-        """One sentence a report table opens with: what its columns measure."""
+    def report_note(self, notes: Mapping[str, Any]) -> str:
+        """One sentence a report table opens with: what its columns measure (`notes`: the
+        report's summary from `repair_artifacts`, which may come from an earlier process)."""

@@ -362,7 +362,7 @@ class Fairness(Objective):
             **rates,
         }
 
-    def report_note(self) -> str:
+    def report_note(self, notes: Mapping[str, Any]) -> str:
         interval = (
             f" Brackets: {self.confidence:.0%} bootstrap intervals ({self.bootstrap} resamples)."
             if self.bootstrap

@@ -376,5 +376,5 @@ class Membership(Objective):
     def columns(self, result: Mapping[str, Any], validation: bool = False) -> dict[str, str]:
         return {"accuracy": f"{result['clean_acc']:.2%}"}
 
-    def report_note(self) -> str:
+    def report_note(self, notes: Mapping[str, Any]) -> str:
         return "Accuracy on the split's inputs; membership attacks are in the audit report."

@@ -264,7 +264,7 @@ class Robustness(Objective):
             f"{a} (transfer)": f"{transfer[a]:.2%}" if a in transfer else "-" for a in attacks
         }
 
-    def report_note(self) -> str:
+    def report_note(self, notes: Mapping[str, Any]) -> str:
         ensemble = ", ".join(self.ensemble) or "none"
         return (
             "Robust: inputs no attack fools (per-input worst case over the attacks below and the "

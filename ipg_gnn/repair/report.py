@@ -33,9 +33,12 @@ def flat_metrics(report: Mapping, prefix: str = "") -> dict[str, float]:
 
 def mean_results(results: Sequence[Mapping]) -> dict:
     """The mean of every number the results share, nested keys kept (several random plans'
-    runs as one baseline row); traces, other non-numbers and draw numbers are left out."""
+    runs as one baseline row); traces, other non-numbers, draw numbers and keys some results
+    lack are left out."""
     mean: dict = {}
     for key, value in results[0].items():
+        if not all(key in r for r in results):
+            continue
         if isinstance(value, Mapping):
             mean[key] = mean_results([r[key] for r in results])
         elif isinstance(value, int | float) and not isinstance(value, bool) and key != "draw":
@@ -87,7 +90,7 @@ def markdown_report(report: Mapping, objective: Objective) -> str:
     lines = [
         "# Repair report",
         "",
-        f"Test split, n = {report['n_test']}. {objective.report_note()}",
+        f"Test split, n = {report['n_test']}. {objective.report_note(report.get('objective', {}))}",
         "",
         f"Plan: {report['plan']['level']} level, explainer {report['plan']['explainer']}, "
         f"targets {report['plan']['targets']}." + tied_note(report["plan"]),
