@@ -425,6 +425,11 @@ def test_repair_job_end_to_end(tmp_path, monkeypatch):
     (merged,) = gather(run, second, run)
     assert [d.get("draw") for d in merged["random_draws"]] == [0, 1, 2, 3]
     assert merged["random"]["robust_acc"] == pytest.approx((sum(robust_draws) + 2) / 4)
+    # A job of another setting (here another seed) is a row of its own.
+    config = (run / "repair_config.yaml").read_text()
+    assert "\nseed: 0\n" in config
+    (second / "repair_config.yaml").write_text(config.replace("\nseed: 0\n", "\nseed: 1\n"))
+    assert len(gather(run, second)) == 2
     # Every baseline's model is kept (an inference-time patch has no checkpoint); the independent
     # check attacks each kept model.
     models = sorted(p.name for p in (run / "models").iterdir())

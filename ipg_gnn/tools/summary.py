@@ -32,6 +32,8 @@ from matplotlib.ticker import PercentFormatter  # noqa: E402
 from ipg_gnn.repair.report import mean_results  # noqa: E402
 
 FULL = "full_finetune"
+#: Config keys that say where a job wrote and what it logged to, not what it repaired.
+JOB_ONLY = ("paths", "logger")
 
 
 def gather(*directories: str | Path) -> list[dict]:
@@ -57,6 +59,7 @@ def gather(*directories: str | Path) -> list[dict]:
                     FULL: report["baselines"].get(FULL),
                     "k": cfg.repair.k,
                     "fraction": cfg.repair.fraction,
+                    "setting": repair_setting(cfg),
                 }
             )
     if not rows:
@@ -65,13 +68,26 @@ def gather(*directories: str | Path) -> list[dict]:
     return sorted(merge_jobs(rows), key=lambda r: r["after"]["params_changed_fraction"])
 
 
+def repair_setting(cfg: Any) -> str:
+    """What a job repaired and how (its whole config), without what may differ between the jobs
+    one budget's draws are split over: output paths, loggers, baselines, each method's draws."""
+    setting = OmegaConf.to_container(cfg, resolve=True)
+    for key in JOB_ONLY:
+        setting.pop(key, None)
+    setting["repair"].pop("baselines", None)
+    for method in setting["repair"].get("methods", {}).values():
+        method.pop("draws", None)
+        method.pop("first_draw", None)
+    return json.dumps(setting, sort_keys=True)
+
+
 def merge_jobs(rows: Sequence[dict]) -> list[dict]:
-    """One row per (layer, level, budget, explainer): jobs that split one budget's random draws
+    """One row per repair setting (`repair_setting`): jobs that split one budget's random draws
     over processes each repeat the same targeted repair (the first job's is kept) and add their
     own draws, found by draw number (`draw`; a report without numbers counts from 0)."""
-    merged: dict[tuple, dict] = {}
+    merged: dict[str, dict] = {}
     for row in rows:
-        key = (row["layer"], row["level"], str(row["k"]), row["fraction"], row["explainer"])
+        key = row.pop("setting")
         if key not in merged:
             merged[key] = {**row, "random_draws": dict(_numbered(row["random_draws"]))}
             continue
