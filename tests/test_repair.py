@@ -618,6 +618,49 @@ def test_consistency_term_keeps_repaired_units_closer_to_clean(trained_default):
         AdversarialLoss(attack, {}, seed=0, consistency_weight=1.0)
 
 
+def test_lookahead_allocation_spends_the_plans_budget_over_its_layers(tmp_path):
+    from ipg_gnn.jobs.repair import run_repair
+
+    tiny_train_run(tmp_path)
+    overrides = [
+        "attack=[fgsm]",
+        "logger=none",
+        "repair.val_evaluations=[fgsm]",
+        "repair.layer=[net.3,net.5]",
+        "repair.fraction=0.1",
+        "+repair/allocation@repair.allocation=lookahead",
+        "repair.allocation.steps=2",
+        "repair.allocation.batch_size=8",
+        "repair.finetune.epochs=1",
+        "repair.baselines=[random]",
+        "objective.train_attack.art_attack.max_iter=3",
+    ]
+    report = run_repair(compose_config("repair", tmp_path, overrides))
+    plan = RepairPlan.load(tmp_path / "run" / "repair_plan.json")
+    # The per-layer plan's budget: 5 of net.3's 50 units (351 parameters each) and 1 of net.5's
+    # 10 (51 each); slices of a quarter of it, greedily by look-ahead gain per parameter.
+    allocation = plan.provenance["allocation"]
+    assert allocation["budget"] == 5 * 351 + 51
+    costs = {"net.3": 351, "net.5": 51}
+    spent = sum(len(t) * costs[layer] for layer, t in plan.targets.items())
+    assert spent == allocation["rounds"][-1]["params"] <= allocation["budget"]
+    gain = 0.0
+    for r in allocation["rounds"]:
+        per_param = {
+            layer: (r["gains"][layer] - gain) / (n * costs[layer])
+            for layer, n in r["offers"].items()
+        }
+        assert r["taken"] == max(per_param, key=per_param.get)
+        gain = r["gains"][r["taken"]]
+    assert report["plan"]["targets"] == {layer: len(t) for layer, t in plan.targets.items()}
+    assert report["after"]["params_allowed"] == spent
+    # Random plans draw the same number of targets per layer.
+    assert report["baselines"]["random"]["params_allowed"] == spent
+    # Within a layer the ranking picks: its top-ranked units.
+    for layer, chosen in plan.targets.items():
+        assert chosen == [u for u, _ in plan.layers[layer]["units"][: len(chosen)]]
+
+
 @pytest.mark.parametrize("target", ["cnn", "resnet"])
 def test_train_and_repair_run_on_convolutional_targets(target, tmp_path):
     from ipg_gnn.jobs.repair import run_repair

@@ -376,3 +376,27 @@ def test_draws_split_over_jobs():
     assert RandomPlanFinetune(first_draw=3).draw_tags("r") == {3: "r_3"}
     with pytest.raises(ConfigError, match="first_draw >= 0"):
         RandomPlanFinetune(first_draw=-1)
+
+
+def test_lookahead_allocation_takes_the_best_gain_per_parameter_within_the_budget():
+    from ipg_gnn.repair.allocation import LookaheadAllocation
+
+    # Layer a: 4 targets of 1 parameter, 0.1 gain each; layer b: 10 targets of 5, 0.01 each.
+    def gain_of(counts):
+        return 0.1 * counts["a"] + 0.01 * counts["b"]
+
+    allocation = LookaheadAllocation(chunks=4)
+    counts, rounds = allocation.allocate({"a": 4, "b": 10}, {"a": 1, "b": 5}, 20, gain_of)
+    # Slices of 20 / 4 = 5 parameters: a offers all 4 of its targets (0.1 per parameter against
+    # b's 0.002) and is emptied; b then takes one target a round until less than 5 is left.
+    assert counts == {"a": 4, "b": 3}
+    assert [r["taken"] for r in rounds] == ["a", "b", "b", "b"]
+    assert rounds[0]["offers"] == {"a": 4, "b": 1} and rounds[-1]["params"] == 19
+    assert rounds[0]["gains"] == {"a": pytest.approx(0.4), "b": pytest.approx(0.01)}
+    # Where b gains more per parameter it is taken first, a slice at a time.
+    counts, rounds = allocation.allocate(
+        {"a": 4, "b": 10}, {"a": 1, "b": 5}, 20, lambda c: 0.001 * c["a"] + 0.1 * c["b"]
+    )
+    assert counts == {"b": 4} and [r["taken"] for r in rounds] == ["b"] * 4
+    with pytest.raises(ValueError, match="chunks, steps and batch_size >= 1"):
+        LookaheadAllocation(chunks=0)

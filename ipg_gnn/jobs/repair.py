@@ -13,7 +13,7 @@ import copy
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,17 @@ from ipg_gnn.jobs.stages import (
     split_inputs,
 )
 from ipg_gnn.objectives import Contrast, FitModel, Objective, Population, RepairLoss
-from ipg_gnn.plan import PlanError, RepairPlan, choose_targets, make_plan
+from ipg_gnn.plan import Level, PlanError, RepairPlan, choose_targets, make_plan
 from ipg_gnn.plan.plot import plot_plan
 from ipg_gnn.provenance import CapturePlan, trace
-from ipg_gnn.repair import RepairContext, RepairMethod, params_per_target, unit_parameters
+from ipg_gnn.repair import (
+    RepairContext,
+    RepairMethod,
+    params_per_target,
+    plan_masks,
+    unit_parameters,
+)
+from ipg_gnn.repair.allocation import LookaheadAllocation
 from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
 from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_save, atomic_write_text
@@ -180,15 +187,21 @@ class RepairSplitSource:
 
     def repair_loss(self) -> RepairLoss:
         objective = make_objective(self.cfg)
-        loss = getattr(objective, "loss", {})
-        off = {"consistency_weight": 0.0} if "consistency_weight" in loss else {}
         try:
-            return objective.repair_loss({}, self.seed, **off)
+            return plain_repair_loss(objective, self.seed)
         except ConfigError as e:
             raise ConfigError(
                 f"explainer.loss=objective: the {type(objective).__name__} objective cannot make "
                 f"its repair loss before the repair starts ({e}); use explainer.loss=contrast"
             ) from e
+
+
+def plain_repair_loss(objective: Objective, seed: int) -> RepairLoss:
+    """The objective's repair loss without the consistency term, which needs the repaired
+    units: one loss that scores any plan alike."""
+    loss = getattr(objective, "loss", {})
+    off = {"consistency_weight": 0.0} if "consistency_weight" in loss else {}
+    return objective.repair_loss({}, seed, **off)
 
 
 def plan_counts(cfg: DictConfig, model: nn.Module, capture_plan, layers: list[str]) -> dict:
@@ -273,6 +286,50 @@ def reused_plan(
     return RepairPlan(ranked.fingerprint, cfg.repair.level, ranked.layers, targets, provenance), (
         capture_plan
     )
+
+
+@dataclass
+class Allocation:
+    """Spreads a new plan's budget over its layers by `repair.allocation` (see
+    `ipg_gnn.repair.allocation`; null: as made, `repair.fraction` of each layer)."""
+
+    cfg: DictConfig
+    model: nn.Module
+    objective: Objective
+    fine_tune: Images
+    val: Images
+
+    def __call__(self, plan: RepairPlan, capture_plan: CapturePlan) -> RepairPlan:
+        if not self.cfg.repair.get("allocation"):
+            return plan
+        allocation: LookaheadAllocation = build(self.cfg.repair.allocation, "repair.allocation")
+        pool = Level(plan.level).pool_key
+        costs = {
+            layer: params_per_target(self.model, capture_plan, layer, plan.level)
+            for layer in plan.targets
+        }
+        budget = sum(len(t) * costs[layer] for layer, t in plan.targets.items())
+        loss = plain_repair_loss(self.objective, self.cfg.seed)
+
+        def gain_of(counts: dict[str, int]) -> float:
+            trial = replace(plan, targets=self._targets(plan, counts))
+            masks = plan_masks(self.model, trial, capture_plan)
+            return allocation.gain(self.model, masks, self.fine_tune, self.val, loss, self.cfg.seed)
+
+        counts, rounds = allocation.allocate(
+            {layer: len(plan.layers[layer][pool]) for layer in plan.targets}, costs, budget, gain_of
+        )
+        for r in rounds:
+            log.info(
+                "allocation: %s (%d parameters); gains %s", r["taken"], r["params"], r["gains"]
+            )
+        provenance = {**plan.provenance, "allocation": {"budget": budget, "rounds": rounds}}
+        return replace(plan, targets=self._targets(plan, counts), provenance=provenance)
+
+    @staticmethod
+    def _targets(plan: RepairPlan, counts: Mapping[str, int]) -> dict[str, list]:
+        kept = {layer: n for layer, n in counts.items() if n}
+        return choose_targets(plan.layers, plan.level, list(kept), kept)
 
 
 @dataclass
@@ -457,9 +514,11 @@ def planned(
     example: torch.Tensor,
     clock: StageClock,
     finished: Finished,
+    allocation: Allocation,
 ) -> tuple[RepairPlan, CapturePlan]:
     """The run's plan and the capture plan its edges refer to: the one this directory already
-    holds (resumed), a saved plan's ranking (`repair.plan`), or a new attribution."""
+    holds (resumed), or a saved plan's ranking (`repair.plan`) or a new attribution, its budget
+    spread by `allocation`."""
     if finished.record.holds("repair_plan.json"):
         finished.resumed.append("repair_plan.json")
         plan = RepairPlan.load(finished.out / "repair_plan.json")
@@ -492,6 +551,8 @@ def planned(
                 "include_input": include_input,
             },
         )
+    with clock("allocation"):
+        plan = allocation(plan, capture_plan)
     plan.save(finished.out / "repair_plan.json")
     finished.record.add("repair_plan.json")
     return plan, capture_plan
@@ -512,7 +573,8 @@ def _repair(
     loggers = make_loggers(cfg)
     clock = StageClock()
     finished = Finished(out, record, target_arch(run.cfg, run.data))
-    plan, capture_plan = planned(cfg, run, attributor, fine_tune.x[:1], clock, finished)
+    allocation = Allocation(cfg, run.model, objective, fine_tune, val)
+    plan, capture_plan = planned(cfg, run, attributor, fine_tune.x[:1], clock, finished, allocation)
     plot_plan(plan, out / "repair_plan.png")
 
     run.model.to(device)
