@@ -13,6 +13,7 @@ from art.attacks.evasion import ProjectedGradientDescent
 
 from ipg_gnn.attacks import Attack, seed_attack_rng
 from ipg_gnn.data import Images
+from ipg_gnn.errors import ConfigError
 from ipg_gnn.explain import (
     GNNExplainer,
     IntegratedGradients,
@@ -659,6 +660,9 @@ def test_lookahead_allocation_spends_the_plans_budget_over_its_layers(tmp_path):
     # Within a layer the ranking picks: its top-ranked units.
     for layer, chosen in plan.targets.items():
         assert chosen == [u for u, _ in plan.layers[layer]["units"][: len(chosen)]]
+    # A bad allocation setting fails at the door, before any attribution.
+    with pytest.raises(ConfigError, match="repair.allocation: an allocation needs chunks"):
+        run_repair(compose_config("repair", tmp_path, [*overrides, "repair.allocation.chunks=0"]))
 
 
 @pytest.mark.parametrize("target", ["cnn", "resnet"])

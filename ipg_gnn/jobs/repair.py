@@ -120,6 +120,8 @@ def repair_components(
             f"({', '.join(objective.evaluation_names())})"
         )
     attributor: Attributor = build(cfg.explainer, "explainer")
+    if cfg.repair.get("allocation"):
+        build(cfg.repair.allocation, "repair.allocation")
     contrasts = make_objective(run.cfg).contrasts()
     if attributor.contrast not in contrasts:
         raise ConfigError(
