@@ -9,11 +9,13 @@ import pytest
 import torch
 
 from ipg_gnn.data import Images
+from ipg_gnn.errors import ConfigError
 from ipg_gnn.plan import RepairPlan
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import (
     LowRank,
     MaskedFinetune,
+    NormBias,
     PlanFinetune,
     RepairContext,
     ScaleBias,
@@ -120,6 +122,22 @@ def test_scale_bias_only_scales_planned_rows_and_shifts_their_biases(tiny):
     assert info["dof"] == 2 * 2
 
 
+def test_norm_bias_trains_the_planned_biases_alone(tiny):
+    """On a plain layer a unit's only one-dimensional entry is its bias: the weights stay, the
+    changed weights are the degrees of freedom; a plan that frees no such entry is refused."""
+    model, images = tiny
+    units = live_units(model, images, layer=4)[:2]
+    ctx = context(model, images, {"net.3": units})
+    repaired, info = PlanFinetune(update=NormBias())(ctx)
+    before, after = model.state_dict(), repaired.state_dict()
+    unchanged_except(before, after, {"net.3.bias": units})
+    assert (after["net.3.bias"][units] != before["net.3.bias"][units]).all()
+    assert info["dof"] == info["params_changed"] == 2
+    weights_only = {"net.3.weight": torch.ones(5, 6, dtype=torch.bool)}
+    with pytest.raises(ConfigError, match="no bias or BatchNorm"):
+        NormBias().apply(model, weights_only, seed=0)
+
+
 def test_plan_over_several_layers_frees_exactly_its_units(tiny):
     model, images = tiny
     targets = {"net.1": [4], "net.3": [0, 3], "net.5": [2]}
@@ -205,8 +223,6 @@ def test_report_shows_each_models_trainable_dof(tiny):
 
 
 def test_bad_mechanism_settings_fail_with_one_line():
-    from ipg_gnn.errors import ConfigError
-
     with pytest.raises(ConfigError, match="rank must be >= 1"):
         LowRank(rank=0)
     model = MLP((1, 4, 4), 3, widths=(6, 5))
@@ -229,7 +245,7 @@ def test_mechanism_configs_build_and_any_method_takes_an_update(tmp_path):
         tmp_path,
         [
             "+dataset=mnist_subset",  # repair.py takes it from the train run
-            "repair.baselines=[random,low_rank,scale_bias,annealed]",
+            "repair.baselines=[random,low_rank,scale_bias,norm_bias,annealed]",
             "repair.methods.low_rank.update.rank=8",
             "+repair/update@repair.methods.random.update=scale_bias",
         ],
@@ -237,6 +253,7 @@ def test_mechanism_configs_build_and_any_method_takes_an_update(tmp_path):
     methods = make_methods(cfg, make_objective(cfg))
     assert isinstance(methods["low_rank"].update, LowRank) and methods["low_rank"].update.rank == 8
     assert isinstance(methods["scale_bias"].update, ScaleBias)
+    assert isinstance(methods["norm_bias"].update, NormBias)
     assert isinstance(methods["random"].update, ScaleBias)
     assert type(methods["targeted"].update) is Update
     assert methods["annealed"].finetune["rollback"] and methods["annealed"].finetune["patience"]
@@ -263,9 +280,9 @@ def test_lookahead_scores_a_plan_under_an_update_and_leaves_the_model(tiny):
 @pytest.mark.parametrize(
     "update, dof",
     # Plain: 2 x (9 + 2); low rank 1: B's 2 planned rows + A's 9 columns + 4 BatchNorm entries;
-    # scale and bias: 2 scales + 4 BatchNorm entries.
-    [(Update(), 22), (LowRank(rank=1), 2 + 9 + 4), (ScaleBias(), 2 + 4)],
-    ids=["entries", "low_rank", "scale_bias"],
+    # scale and bias: 2 scales + 4 BatchNorm entries; norm and bias: the 4 BatchNorm entries.
+    [(Update(), 22), (LowRank(rank=1), 2 + 9 + 4), (ScaleBias(), 2 + 4), (NormBias(), 4)],
+    ids=["entries", "low_rank", "scale_bias", "norm_bias"],
 )
 def test_pruned_conv_unit_with_folded_batchnorm_is_silent(update, dof):
     """A node of a conv layer is the unit with its BatchNorm folded in: the plan frees the

@@ -24,7 +24,7 @@ from ipg_gnn.repair.methods import (
     RepairMethod,
 )
 from ipg_gnn.repair.private import DPSGDFinetune
-from ipg_gnn.repair.updates import LowRank, ScaleBias, Update
+from ipg_gnn.repair.updates import LowRank, NormBias, ScaleBias, Update
 
 __all__ = [
     "ActivationPatch",
@@ -34,6 +34,7 @@ __all__ = [
     "LowRank",
     "MaskedFinetune",
     "Masks",
+    "NormBias",
     "PatchedModel",
     "PlanFinetune",
     "RandomPlanFinetune",

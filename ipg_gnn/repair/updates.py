@@ -10,6 +10,8 @@ trainable as they are. Each re-parametrises the planned layers of a model copy w
 any other masks; `bake` folds the result back into plain weights, so the repaired model has the
 original architecture and its changed weights are counted entry by entry against the original. The
 delta is always multiplied by the weight's plan mask, so nothing outside the plan ever changes.
+`NormBias` trains the planned biases and BatchNorm entries alone (no re-parametrisation): a unit's
+kernel or weight row stays as it is, so the weights changed are the degrees of freedom.
 """
 
 from __future__ import annotations
@@ -140,3 +142,16 @@ class ScaleBias(Update):
     def apply(self, model, masks, seed):
         deltas = {layer: _ScaleDelta(m) for layer, m in _planned_weights(model, masks).items()}
         return _reparametrised(model, masks, deltas)
+
+
+class NormBias(Update):
+    """Only the planned one-dimensional entries change: a unit's bias and its folded BatchNorm's
+    scale and shift (two per channel of a conv-BN layer, one bias per unit of a plain layer).
+    Frankle et al. (ICLR 2021) train deep nets through the BatchNorm affine parameters alone;
+    here they are the cheapest per-unit knobs a repair can turn."""
+
+    def apply(self, model, masks, seed):
+        kept = {name: m for name, m in masks.items() if m.ndim == 1}
+        if not any(m.any() for m in kept.values()):
+            raise ConfigError("NormBias: the plan frees no bias or BatchNorm entry to train")
+        return kept
