@@ -415,5 +415,10 @@ def test_lookahead_allocation_takes_the_best_gain_per_parameter_within_the_budge
         {"a": 4, "b": 10}, {"a": 1, "b": 5}, 20, lambda c: 0.001 * c["a"] + 0.1 * c["b"]
     )
     assert counts == {"b": 4} and [r["taken"] for r in rounds] == ["b"] * 4
+    # Slices of 10 / 3 parameters leave 1 after three rounds: a last offer of what fits spends it.
+    counts, rounds = LookaheadAllocation(chunks=3).allocate(
+        {"a": 20}, {"a": 1}, 10, lambda c: 0.1 * c["a"]
+    )
+    assert counts == {"a": 10} and [r["offers"]["a"] for r in rounds] == [3, 3, 3, 1]
     with pytest.raises(ValueError, match="chunks, steps and batch_size >= 1"):
         LookaheadAllocation(chunks=0)

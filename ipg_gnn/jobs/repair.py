@@ -104,11 +104,19 @@ def make_methods(cfg: DictConfig, objective: Objective) -> dict[str, RepairMetho
     return methods
 
 
-def repair_components(
-    cfg: DictConfig, run: TrainRun
-) -> tuple[Objective, dict[str, RepairMethod], Attributor]:
-    """The objective, the repair methods and the attributor, every setting checked before any
-    expensive work (bad names, overrides, evaluations and layers fail here)."""
+@dataclass
+class RepairComponents:
+    """What `repair.py`'s settings build, once, before any expensive work."""
+
+    objective: Objective
+    methods: dict[str, RepairMethod]
+    attributor: Attributor
+    allocation: LookaheadAllocation | None  # null: the budget as it falls per layer
+
+
+def repair_components(cfg: DictConfig, run: TrainRun) -> RepairComponents:
+    """The objective, the repair methods, the attributor and the allocation, every setting
+    checked before any expensive work (bad names, overrides, evaluations and layers fail here)."""
     objective = make_objective(cfg)
     methods = make_methods(cfg, objective)
     for name, method in methods.items():
@@ -120,8 +128,9 @@ def repair_components(
             f"({', '.join(objective.evaluation_names())})"
         )
     attributor: Attributor = build(cfg.explainer, "explainer")
-    if cfg.repair.get("allocation"):
-        build(cfg.repair.allocation, "repair.allocation")
+    allocation = (
+        build(cfg.repair.allocation, "repair.allocation") if cfg.repair.get("allocation") else None
+    )
     contrasts = make_objective(run.cfg).contrasts()
     if attributor.contrast not in contrasts:
         raise ConfigError(
@@ -132,7 +141,7 @@ def repair_components(
     planned_layers(cfg, trace(run.model, example).weight_layers())
     if cfg.repair.plan and not Path(cfg.repair.plan).is_file():
         raise ConfigError(f"repair.plan={cfg.repair.plan}: no such file (a repair_plan.json)")
-    return objective, methods, attributor
+    return RepairComponents(objective, methods, attributor, allocation)
 
 
 @dataclass
@@ -292,9 +301,10 @@ def reused_plan(
 
 @dataclass
 class Allocation:
-    """Spreads a new plan's budget over its layers by `repair.allocation` (see
-    `ipg_gnn.repair.allocation`; null: as made, `repair.fraction` of each layer)."""
+    """Spreads a new plan's budget over its layers by `spread` (`repair.allocation`, see
+    `ipg_gnn.repair.allocation`; None: as made, `repair.fraction` of each layer)."""
 
+    spread: LookaheadAllocation | None
     cfg: DictConfig
     model: nn.Module
     objective: Objective
@@ -302,9 +312,9 @@ class Allocation:
     val: Images
 
     def __call__(self, plan: RepairPlan, capture_plan: CapturePlan) -> RepairPlan:
-        if not self.cfg.repair.get("allocation"):
+        allocation = self.spread
+        if allocation is None:
             return plan
-        allocation: LookaheadAllocation = build(self.cfg.repair.allocation, "repair.allocation")
         pool = Level(plan.level).pool_key
         costs = {
             layer: params_per_target(self.model, capture_plan, layer, plan.level)
@@ -563,20 +573,22 @@ def planned(
 def _repair(
     cfg: DictConfig,
     run: TrainRun,
-    components: tuple[Objective, dict[str, RepairMethod], Attributor],
+    components: RepairComponents,
     out: Path,
     record: RunRecord,
     device: torch.device,
 ) -> dict[str, Any]:
-    objective, methods, attributor = components
+    objective, methods = components.objective, components.methods
     fine_tune, val = repair_parts(cfg, run, objective)
     OmegaConf.save(cfg, out / "repair_config.yaml", resolve=True)
     record.add("repair_config.yaml")
     loggers = make_loggers(cfg)
     clock = StageClock()
     finished = Finished(out, record, target_arch(run.cfg, run.data))
-    allocation = Allocation(cfg, run.model, objective, fine_tune, val)
-    plan, capture_plan = planned(cfg, run, attributor, fine_tune.x[:1], clock, finished, allocation)
+    allocation = Allocation(components.allocation, cfg, run.model, objective, fine_tune, val)
+    plan, capture_plan = planned(
+        cfg, run, components.attributor, fine_tune.x[:1], clock, finished, allocation
+    )
     plot_plan(plan, out / "repair_plan.png")
 
     run.model.to(device)

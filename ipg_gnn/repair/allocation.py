@@ -79,12 +79,13 @@ class LookaheadAllocation:
         left: int,
     ) -> dict[str, int]:
         """Per layer, how many of its next targets it offers: a slice of the budget's worth
-        (at least one target), no more than it has left, none that would overspend."""
+        (at least one target), no more than it has left, and where the slice would overspend
+        as many as what is left pays for, so the budget is spent while any target fits."""
         slice_ = budget / self.chunks
         offers = {}
         for layer, pool in pools.items():
-            n = min(pool - counts[layer], max(1, int(slice_ // costs[layer])))
-            if n > 0 and n * costs[layer] <= left:
+            n = min(pool - counts[layer], max(1, int(slice_ // costs[layer])), left // costs[layer])
+            if n > 0:
                 offers[layer] = n
         return offers
 
