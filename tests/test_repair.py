@@ -829,3 +829,29 @@ def test_plan_quality_scores_each_explainer_against_random_plans(tmp_path):
     run = tmp_path / "run"
     assert json.loads((run / "plan_quality.json").read_text())["fractions"] == [0.1, 0.5]
     assert (run / "plan_quality.png").stat().st_size > 10_000
+
+    # The detector's graphs hold no input nodes, so paired IG cannot plan the first layer's
+    # single weights: the study records why and still scores the flow plan.
+    cfg = compose_config(
+        "plan_quality",
+        tmp_path / "edge",
+        [
+            f"train_dir={tmp_path / 'logs' / 'train' / 'r1'}",
+            "attack=[fgsm,pgd]",
+            "logger=none",
+            "~study.explainers.saliency",
+            "~study.explainers.loss_gradient",
+            "study.explainers.paired_ig.steps=2",
+            "study.fractions=[0.1]",
+            "study.draws=1",
+            "study.steps=2",
+            "study.batch_size=8",
+            "repair.layer=net.1",
+            "repair.level=edge",
+            "objective.train_attack.art_attack.max_iter=3",
+        ],
+    )
+    result = run_plan_quality(cfg)["explainers"]
+    assert "captured incoming edges" in result["paired_ig"]["error"]
+    assert len(result["flow_difference"]["gain"]) == 1
+    assert (tmp_path / "edge" / "run" / "plan_quality.png").is_file()

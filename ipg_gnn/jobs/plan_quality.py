@@ -9,7 +9,9 @@ level and budget; `study.update` (a `conf/repair/update/` config, default none: 
 entry on its own) scores the plans under that repair mechanism (mind `study.lr`). Writes
 `plan_quality.json` and `plan_quality.png` (gain against budget, one line per explainer, its
 random plans as mean and spread; `device=` as in repair.py: the look-ahead on it, the
-attribution on the CPU). The test split is never touched.
+attribution on the CPU). An explainer that cannot plan the layers (e.g. a detector whose graphs
+lack the first layer's incoming edges) is recorded with its error, and the study goes on. The
+test split is never touched.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from omegaconf import DictConfig, open_dict
 from ipg_gnn.jobs.checks import RepairSettings, check_settings
 from ipg_gnn.jobs.repair import RepairSplitSource, make_repair_plan, repair_device, repair_parts
 from ipg_gnn.jobs.stages import build, make_objective
+from ipg_gnn.plan import PlanError
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import plan_masks
 from ipg_gnn.repair.lookahead import lookahead_gain
@@ -80,7 +83,12 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
             for fraction in study.fractions:
                 with open_dict(cfg):
                     cfg.repair.fraction = fraction
-                plan = make_repair_plan(cfg, run, attribution, topology, capture_plan, {})
+                try:
+                    plan = make_repair_plan(cfg, run, attribution, topology, capture_plan, {})
+                except PlanError as err:  # e.g. a detector's graph lacks the first layer's edges
+                    log.warning("%s makes no plan of these layers: %s", name, err)
+                    row = {"error": str(err)}
+                    break
                 row["gain"].append(gain(plan, capture_plan))
                 budget = (plan.level, *sorted((k, len(t)) for k, t in plan.targets.items()))
                 if budget not in random_gains:
@@ -107,7 +115,8 @@ def plot_plan_quality(results: dict[str, Any], path: Path) -> Path:
     standard deviation) for random plans of the same layers and budget."""
     fractions = results["fractions"]
     fig, ax = plt.subplots(figsize=(6, 4))
-    for i, (name, r) in enumerate(results["explainers"].items()):
+    scored = {name: r for name, r in results["explainers"].items() if "error" not in r}
+    for i, (name, r) in enumerate(scored.items()):
         color = f"C{i}"
         ax.plot(fractions, r["gain"], marker="o", color=color, label=name)
         mean, std = np.array(r["random_mean"]), np.array(r["random_std"])
