@@ -122,6 +122,19 @@ def test_flow_difference_matches_a_hand_computation():
     )
     torch.testing.assert_close(a.node, expected_nodes)
     assert float(a.node_reference.abs().sum()) == 0.0  # the pairing is the contrast
+    # Relative: each change divided by the benign inputs' mean |flow| at the same place.
+    r, _ = flow_difference(model, x, x_adv, chunk_size=2, progress=False, relative=True)
+    ref_first = (w1 * x.flatten(1)[:, None, :]).abs().mean(0)
+    ref_second = (w2 * hidden[0][:, None, :]).abs().mean(0)
+    torch.testing.assert_close(r.edge[:12], (first / ref_first).flatten())
+    alive = ref_second > 0  # a hidden unit dead on every benign input passes no flow
+    assert 0 < int(alive.sum()) < alive.numel()
+    torch.testing.assert_close(r.edge[12:][alive.flatten()], (second / ref_second)[alive])
+    assert torch.isfinite(r.edge).all() and torch.isfinite(r.node).all()  # no division by 0
+    torch.testing.assert_close(r.node[:3], first.sum(0) / ref_first.sum(0))
+    units = alive[0]
+    torch.testing.assert_close(r.node[3:7][units], (second.sum(0) / ref_second.sum(0))[units])
+    torch.testing.assert_close(r.node[7:], (out[1] - out[0]).abs().mean(0) / out[0].abs().mean(0))
     with pytest.raises(ValueError, match="pair one to one"):
         flow_difference(model, x, x_adv[:3], progress=False)
 
