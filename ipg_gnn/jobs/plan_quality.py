@@ -111,19 +111,22 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
 
 
 def plot_plan_quality(results: dict[str, Any], path: Path) -> Path:
-    """Look-ahead gain against budget: one line per explainer, dashed with a band (mean and
-    standard deviation) for random plans of the same layers and budget."""
+    """Look-ahead gain against budget: one line per explainer, and dashed with a band (mean and
+    standard deviation) the random plans of the same layers and budget, drawn once for the
+    explainers that share them (plans of the same layers do)."""
     fractions = results["fractions"]
     fig, ax = plt.subplots(figsize=(6, 4))
     scored = {name: r for name, r in results["explainers"].items() if "error" not in r}
+    bands: dict[tuple, list[str]] = {}
     for i, (name, r) in enumerate(scored.items()):
-        color = f"C{i}"
-        ax.plot(fractions, r["gain"], marker="o", color=color, label=name)
-        mean, std = np.array(r["random_mean"]), np.array(r["random_std"])
-        ax.plot(
-            fractions, mean, color=color, linestyle="--", label=f"random plans ({name}'s layers)"
-        )
-        ax.fill_between(fractions, mean - std, mean + std, color=color, alpha=0.15)
+        ax.plot(fractions, r["gain"], marker="o", color=f"C{i}", label=name)
+        bands.setdefault((tuple(r["random_mean"]), tuple(r["random_std"])), []).append(name)
+    for j, ((mean, std), names) in enumerate(bands.items()):
+        mean, std = np.array(mean), np.array(std)
+        label = "random plans" if len(bands) == 1 else f"random plans ({', '.join(names)})"
+        color = "0.4" if len(bands) == 1 else f"C{len(scored) + j}"
+        ax.plot(fractions, mean, color=color, linestyle="--", label=label)
+        ax.fill_between(fractions, mean - std, mean + std, color=color, alpha=0.2)
     ax.set(
         xscale="log",
         xlabel="budget (fraction of each planned layer's parameters)",
