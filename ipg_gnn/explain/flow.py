@@ -109,8 +109,9 @@ def flow_difference(
         attacked = capturer(adversarial[i : i + chunk_size])
         edge += (attacked.contribution - clean.contribution).abs().sum(0)
         value += (attacked.x[..., 0] - clean.x[..., 0]).abs().sum(0)
-        ref_edge += clean.contribution.abs().sum(0)
-        ref_value += clean.x[..., 0].abs().sum(0)
+        if relative:
+            ref_edge += clean.contribution.abs().sum(0)
+            ref_value += clean.x[..., 0].abs().sum(0)
     reference = (ref_edge / len(benign), ref_value / len(benign)) if relative else None
     return flow_attribution(topology, edge / len(benign), value / len(benign), reference), topology
 
