@@ -74,7 +74,7 @@ def test_the_gap_is_differentiable_and_zero_when_rates_are_equal():
     y = torch.tensor([1, 1, 0, 0, 1, 1, 0, 0])
     group = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
     equal = torch.tensor([0.9, 0.7, 0.2, 0.4, 0.8, 0.8, 0.3, 0.3], requires_grad=True)
-    for penalty in ("equalized_odds", "demographic_parity"):
+    for penalty in ("equalized_odds", "equalized_odds_max", "demographic_parity"):
         gap = fairness_gap(equal, y, group, penalty)
         assert float(gap.detach()) == pytest.approx(0.0, abs=1e-7)
     score = torch.tensor([0.9, 0.9, 0.6, 0.2, 0.5, 0.3, 0.1, 0.1], requires_grad=True)
@@ -84,6 +84,12 @@ def test_the_gap_is_differentiable_and_zero_when_rates_are_equal():
     gap.backward()
     # d gap / d score: +1/2 for the privileged, -1/2 for the unprivileged, in each label cell.
     assert score.grad.tolist() == pytest.approx([0.5, 0.5, 0.5, 0.5, -0.5, -0.5, -0.5, -0.5])
+    # The larger gap alone: only the positives (the TPR cell) get a gradient.
+    score.grad = None
+    binding = fairness_gap(score, y, group, "equalized_odds_max")
+    assert float(binding.detach()) == pytest.approx(0.5)
+    binding.backward()
+    assert score.grad.tolist() == pytest.approx([0.5, 0.5, 0, 0, -0.5, -0.5, 0, 0])
     dp = fairness_gap(score, y, group, "demographic_parity")
     assert float(dp.detach()) == pytest.approx(0.65 - 0.25)
     with pytest.raises(ValueError):

@@ -50,6 +50,7 @@ class Penalty(str, Enum):
     """Which gap the repair loss penalises."""
 
     EQUALIZED_ODDS = "equalized_odds"
+    EQUALIZED_ODDS_MAX = "equalized_odds_max"
     DEMOGRAPHIC_PARITY = "demographic_parity"
 
 
@@ -82,16 +83,20 @@ def fairness_gap(
     score: torch.Tensor, y: torch.Tensor, group: torch.Tensor, penalty: str
 ) -> torch.Tensor:
     """The gap between the groups' mean `score` (probability of the positive class): overall
-    (demographic parity) or per true label, summed (equalized odds). Cells a batch lacks are
-    left out; 0 when no cell has both groups."""
-    strata = [None] if Penalty(penalty) is Penalty.DEMOGRAPHIC_PARITY else [0, 1]
-    gap = score.sum() * 0.0
+    (demographic parity), or per true label, summed (equalized odds) or the larger of the two
+    (equalized_odds_max: the smooth counterpart of fairlearn's equalized-odds difference, which
+    is the larger of the TPR and FPR gaps, so only the binding gap is pushed). Cells a batch
+    lacks are left out; 0 when no cell has both groups."""
+    kind = Penalty(penalty)
+    strata = [None] if kind is Penalty.DEMOGRAPHIC_PARITY else [0, 1]
+    gaps = [score.sum() * 0.0]
     for label in strata:
         cell = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
         a, b = cell & (group == 1), cell & (group == 0)
         if a.any() and b.any():
-            gap = gap + (score[a].mean() - score[b].mean()).abs()
-    return gap
+            gaps.append((score[a].mean() - score[b].mean()).abs())
+    gaps = torch.stack(gaps)
+    return gaps.max() if kind is Penalty.EQUALIZED_ODDS_MAX else gaps.sum()
 
 
 def anchor_gap(score: torch.Tensor, reference: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
