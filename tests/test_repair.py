@@ -23,6 +23,7 @@ from ipg_gnn.explain import (
     flow_difference,
     loss_gradient,
 )
+from ipg_gnn.explain.flow import group_flow_difference
 from ipg_gnn.objectives import AdversarialLoss, Robustness
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
 from ipg_gnn.provenance import trace
@@ -137,6 +138,28 @@ def test_flow_difference_matches_a_hand_computation():
     torch.testing.assert_close(r.node[7:], (out[1] - out[0]).abs().mean(0) / out[0].abs().mean(0))
     with pytest.raises(ValueError, match="pair one to one"):
         flow_difference(model, x, x_adv[:3], progress=False)
+
+
+def test_group_flow_difference_matches_a_hand_computation():
+    torch.manual_seed(0)
+    model = MLP((1, 1, 2), 2, widths=(3,)).eval()
+    # Label 0: feature 0 is +-1, feature 1 is 1; label 1: twice that; label 2 (only in the
+    # reference population) is left out. The contrast shifts every input by 0.1.
+    sign = torch.tensor([1.0, -1.0, 1.0, -1.0])
+    x0 = torch.stack([sign, torch.ones(4)], 1)
+    x = torch.cat([x0, 2 * x0, 50 * x0]).reshape(-1, 1, 1, 2)
+    y = torch.tensor([0] * 4 + [1] * 4 + [2] * 4)
+    reference, contrast = Images(x, y), Images(x[:8] + 0.1, y[:8])
+    a, topology = group_flow_difference(model, reference, contrast, chunk_size=3)
+    w1 = model.net[1].weight.detach()
+    assert topology.num_nodes == 7
+    torch.testing.assert_close(a.edge[:6], (0.1 * w1).abs().flatten())  # both labels: 0.1 |w|
+    # Relative: over the mean |flow| of the reference (|w| at label 0, 2 |w| at label 1),
+    # so +-1 inputs do not cancel: every first-layer edge scores 0.1 / 1.5.
+    r, _ = group_flow_difference(model, reference, contrast, chunk_size=3, relative=True)
+    torch.testing.assert_close(r.edge[:6], torch.full((6,), 0.1 / 1.5))
+    with pytest.raises(ValueError, match="share no true label"):
+        group_flow_difference(model, reference, Images(x[:2], torch.tensor([5, 5])))
 
 
 def test_loss_gradient_matches_a_hand_computation():

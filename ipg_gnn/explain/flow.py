@@ -118,15 +118,18 @@ def flow_difference(
 
 def mean_flow(
     capturer: IPGCapture, images: Images, label: int, chunk_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean edge contributions and unit values of the dense IPGs of `images` of true `label`."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mean edge contributions and unit values of the dense IPGs of `images` of true `label`,
+    then the mean of their absolute values (what a relative score divides by)."""
     x = images.x[images.y == label]
-    edge, value = 0.0, 0.0
+    sums = [0.0, 0.0, 0.0, 0.0]
     for i in range(0, len(x), chunk_size):
         ipg = capturer(x[i : i + chunk_size])
-        edge = edge + ipg.contribution.sum(0)
-        value = value + ipg.x[..., 0].sum(0)
-    return edge / len(x), value / len(x)
+        for k, flow in enumerate((ipg.contribution, ipg.x[..., 0])):
+            sums[k] = sums[k] + flow.sum(0)
+            sums[k + 2] = sums[k + 2] + flow.abs().sum(0)
+    edge, value, abs_edge, abs_value = (total / len(x) for total in sums)
+    return edge, value, abs_edge, abs_value
 
 
 def group_flow_difference(
@@ -140,7 +143,8 @@ def group_flow_difference(
     per edge and unit, taken within each true label and averaged over the labels both hold: a
     gap at a fixed label is where an equal-opportunity violation comes from, while a gap of the
     unconditioned means would mostly say that the groups' base rates differ. `relative`: each
-    gap divided by the |mean flow| of the reference population, averaged the same way."""
+    gap divided by the reference population's mean |flow| (flows of opposite sign must not
+    cancel in the scale), averaged over the labels the same way."""
     labels = sorted(set(reference.y.tolist()) & set(contrast.y.tolist()))
     if not labels:
         raise ValueError("the two populations share no true label: no flow gap to measure")
@@ -148,13 +152,14 @@ def group_flow_difference(
     edge, value = torch.zeros(topology.edge_index.shape[1]), torch.zeros(topology.num_nodes)
     ref_edges, ref_values = torch.zeros_like(edge), torch.zeros_like(value)
     for label in labels:
-        (ref_edge, ref_value), (con_edge, con_value) = (
-            mean_flow(capturer, images, label, chunk_size) for images in (reference, contrast)
+        ref_edge, ref_value, ref_abs_edge, ref_abs_value = mean_flow(
+            capturer, reference, label, chunk_size
         )
+        con_edge, con_value, _, _ = mean_flow(capturer, contrast, label, chunk_size)
         edge += (con_edge - ref_edge).abs() / len(labels)
         value += (con_value - ref_value).abs() / len(labels)
-        ref_edges += ref_edge.abs() / len(labels)
-        ref_values += ref_value.abs() / len(labels)
+        ref_edges += ref_abs_edge / len(labels)
+        ref_values += ref_abs_value / len(labels)
     scale = (ref_edges, ref_values) if relative else None
     return flow_attribution(topology, edge, value, scale), topology
 
