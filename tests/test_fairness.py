@@ -98,6 +98,19 @@ def test_the_gap_is_differentiable_and_zero_when_rates_are_equal():
         FairnessLoss("sex", penalty="parity")
 
 
+def test_a_nested_attach_keeps_the_outer_model_as_the_anchor_reference():
+    torch.manual_seed(0)
+    original, adapted = (
+        torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2)) for _ in "ab"
+    )
+    loss = FairnessLoss("sex", anchor_weight=1.0)
+    with loss.attach(original):
+        with loss.attach(adapted):  # what a look-ahead's fine-tuning of its copy does
+            assert torch.equal(loss.reference[1].weight, original[1].weight)
+        assert loss.reference is not None  # the inner exit leaves the outer reference
+    assert loss.reference is None
+
+
 def test_the_loss_penalises_only_a_gap_between_groups():
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
     x = torch.rand(8, 1, 1, 3)

@@ -251,6 +251,11 @@ def test_plan_ranks_maps_back_and_refuses_bad_requests(ipgs, detector, tmp_path,
     assert tied.targets["net.1"] == [0, 1, 2, 3]
     assert tied.provenance["arbitrary_targets"] == {"net.1": 4}
     assert "taken in index order" in caplog.text
+    # Targets chosen anew (a reused ranking, an allocation) have their ties recounted.
+    assert "arbitrary_targets" not in tied.retargeted({"net.3": [0]}).provenance
+    again = tied.retargeted({"net.1": [0, 1]}, allocation={"rounds": []})
+    assert again.provenance["arbitrary_targets"] == {"net.1": 2}
+    assert again.provenance["allocation"] == {"rounds": []} and again.level == "node"
 
 
 @pytest.mark.parametrize("level", ["node", "edge"])
@@ -891,3 +896,5 @@ def test_plan_quality_scores_each_explainer_against_random_plans(tmp_path):
     assert "captured incoming edges" in result["paired_ig"]["error"]
     assert len(result["flow_difference"]["gain"]) == 1
     assert (tmp_path / "edge" / "run" / "plan_quality.png").is_file()
+    with pytest.raises(ConfigError, match="set repair.k=null"):
+        run_plan_quality(compose_config("plan_quality", tmp_path / "k", ["repair.k=3"]))

@@ -4,7 +4,8 @@ repair runs?
 On a train run, every explainer of `study.explainers` ranks the repair split once; for every
 budget of `study.fractions` its plan is scored by the look-ahead (`ipg_gnn.repair.lookahead`:
 the relative fall of the objective's repair loss on the repair split's validation part after a
-few masked steps on its fine-tuning part), beside `study.draws` random plans of the same layers,
+few masked steps on its fine-tuning part; without the consistency term, which reads the planned
+units, so that one loss scores every plan), beside `study.draws` random plans of the same layers,
 level and budget; `study.update` (a `conf/repair/update/` config, default none: every planned
 entry on its own) scores the plans under that repair mechanism (mind `study.lr`). Writes
 `plan_quality.json` and `plan_quality.png` (gain against budget, one line per explainer, its
@@ -26,13 +27,20 @@ import matplotlib
 import numpy as np
 from omegaconf import DictConfig, open_dict
 
+from ipg_gnn.errors import ConfigError
 from ipg_gnn.jobs.checks import RepairSettings, check_settings
-from ipg_gnn.jobs.repair import RepairSplitSource, make_repair_plan, repair_device, repair_parts
+from ipg_gnn.jobs.repair import (
+    RepairSplitSource,
+    make_repair_plan,
+    plain_repair_loss,
+    repair_device,
+    repair_parts,
+)
 from ipg_gnn.jobs.stages import build, make_objective
-from ipg_gnn.plan import PlanError
+from ipg_gnn.plan import Level, PlanError
 from ipg_gnn.provenance import trace
 from ipg_gnn.repair import plan_masks
-from ipg_gnn.repair.lookahead import lookahead_gain
+from ipg_gnn.repair.lookahead import check_lookahead_inputs, lookahead_gain
 from ipg_gnn.runs.io import atomic_write_text
 from ipg_gnn.runs.run_dir import claim
 from ipg_gnn.runs.tracking import StageClock
@@ -48,6 +56,11 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
     """Score every explainer's plan and random plans at every budget (module docstring)."""
     check_settings(cfg, RepairSettings)
     study = cfg.study
+    if cfg.repair.k is not None:
+        raise ConfigError(
+            f"plan_quality sweeps study.fractions, which repair.k={cfg.repair.k} would override "
+            "(a count per layer fixes the budget): set repair.k=null"
+        )
     train_dir = Path(cfg.train_dir) if cfg.train_dir else latest_train_run(cfg.paths.log_dir)
     device = repair_device(cfg.device)
     run = load_train_run(train_dir)
@@ -59,13 +72,14 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
     attributors = {n: build(c, f"study.explainers.{n}") for n, c in study.explainers.items()}
     update = build(study.update, "study.update") if study.get("update") else None
     fine_tune, val = repair_parts(cfg, run, objective)
+    check_lookahead_inputs(study.steps, study.batch_size, len(fine_tune))
     out = Path(cfg.paths.output_dir)
     clock = StageClock()
     model = copy.deepcopy(run.model).to(device)  # the look-ahead's; attribution stays on the CPU
+    loss = plain_repair_loss(objective, cfg.seed)
 
     def gain(plan, capture_plan) -> float:
         masks = plan_masks(model, plan, capture_plan)
-        loss = objective.repair_loss(plan.units(), cfg.seed)
         return lookahead_gain(
             model, masks, fine_tune, val, loss, study.steps, study.lr, study.batch_size,
             cfg.seed, update,
@@ -80,6 +94,7 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
                 attribution, topology = attributor(source)
             capture_plan = trace(run.model, fine_tune.x[:1], topology.config.include_input)
             row: dict[str, Any] = {"gain": [], "random_mean": [], "random_std": []}
+            pool = Level(cfg.repair.level).pool_key
             for fraction in study.fractions:
                 with open_dict(cfg):
                     cfg.repair.fraction = fraction
@@ -90,7 +105,8 @@ def run_plan_quality(cfg: DictConfig) -> dict[str, Any]:
                     row = {"error": str(err)}
                     break
                 row["gain"].append(gain(plan, capture_plan))
-                budget = (plan.level, *sorted((k, len(t)) for k, t in plan.targets.items()))
+                sizes = ((k, len(t), len(plan.layers[k][pool])) for k, t in plan.targets.items())
+                budget = (plan.level, *sorted(sizes))  # random plans come from the ranked pool
                 if budget not in random_gains:
                     random_gains[budget] = [
                         gain(plan.redrawn(cfg.seed + d), capture_plan) for d in range(study.draws)

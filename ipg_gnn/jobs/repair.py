@@ -46,6 +46,7 @@ from ipg_gnn.repair import (
     unit_parameters,
 )
 from ipg_gnn.repair.allocation import LookaheadAllocation
+from ipg_gnn.repair.lookahead import check_lookahead_inputs
 from ipg_gnn.repair.report import flat_metrics, markdown_report, mean_results, plot_finetune_curves
 from ipg_gnn.runs.checkpoints import save_checkpoint
 from ipg_gnn.runs.io import atomic_save, atomic_write_text
@@ -293,10 +294,7 @@ def reused_plan(
         cfg, run.model, capture_plan, layers or [n for n, r in ranked.layers.items() if r[pool]]
     )
     targets = choose_targets(ranked.layers, cfg.repair.level, layers, counts)
-    provenance = {**ranked.provenance, "reused_from": str(path)}
-    return RepairPlan(ranked.fingerprint, cfg.repair.level, ranked.layers, targets, provenance), (
-        capture_plan
-    )
+    return ranked.retargeted(targets, cfg.repair.level, reused_from=str(path)), capture_plan
 
 
 @dataclass
@@ -311,9 +309,13 @@ class Allocation:
     fine_tune: Images
     val: Images
 
+    def __post_init__(self) -> None:
+        if self.spread is not None:
+            check_lookahead_inputs(self.spread.steps, self.spread.batch_size, len(self.fine_tune))
+
     def __call__(self, plan: RepairPlan, capture_plan: CapturePlan) -> RepairPlan:
-        allocation = self.spread
-        if allocation is None:
+        spread = self.spread  # narrowed for the closure
+        if spread is None:
             return plan
         pool = Level(plan.level).pool_key
         costs = {
@@ -326,17 +328,17 @@ class Allocation:
         def gain_of(counts: dict[str, int]) -> float:
             trial = replace(plan, targets=self._targets(plan, counts))
             masks = plan_masks(self.model, trial, capture_plan)
-            return allocation.gain(self.model, masks, self.fine_tune, self.val, loss, self.cfg.seed)
+            return spread.gain(self.model, masks, self.fine_tune, self.val, loss, self.cfg.seed)
 
-        counts, rounds = allocation.allocate(
+        counts, rounds = spread.allocate(
             {layer: len(plan.layers[layer][pool]) for layer in plan.targets}, costs, budget, gain_of
         )
         for r in rounds:
             log.info(
                 "allocation: %s (%d parameters); gains %s", r["taken"], r["params"], r["gains"]
             )
-        provenance = {**plan.provenance, "allocation": {"budget": budget, "rounds": rounds}}
-        return replace(plan, targets=self._targets(plan, counts), provenance=provenance)
+        targets = self._targets(plan, counts)
+        return plan.retargeted(targets, allocation={"budget": budget, "rounds": rounds})
 
     @staticmethod
     def _targets(plan: RepairPlan, counts: Mapping[str, int]) -> dict[str, list]:

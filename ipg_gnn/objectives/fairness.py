@@ -155,8 +155,9 @@ class FairnessLoss:
     @contextlib.contextmanager
     def attach(self, model: nn.Module):
         """Hold a frozen copy of `model` (its scores are the anchor's reference) while
-        fine-tuning runs; nothing when there is no anchor."""
-        if not self.anchor_weight:
+        fine-tuning runs; nothing when there is no anchor. Nested, the outer model stays the
+        reference (a look-ahead attaches the original around its adapted copy's steps)."""
+        if not self.anchor_weight or self.reference is not None:
             yield
             return
         self.reference = copy.deepcopy(model).eval().requires_grad_(False)
@@ -238,13 +239,16 @@ def bootstrap_intervals(
     confidence: float,
     seed: int,
 ) -> dict[str, list[float]]:
-    """Percentile bootstrap intervals (`n` resamples of the inputs; resamples lacking a
-    group's positives or negatives left out) of accuracy, EO and DP difference."""
+    """Percentile bootstrap intervals (`n` resamples of the inputs) of accuracy, EO and DP
+    difference, all three over the same resamples: those lacking a group's positives or
+    negatives (no EO difference) are left out of every interval."""
     index = np.random.default_rng(seed).integers(0, len(y_true), (n, len(y_true)))
     tail = (1 - confidence) / 2 * 100
+    gaps = resampled_gaps(y_true, y_pred, group, index)
+    kept = ~np.isnan(gaps["eo_diff"])
     return {
-        k: [float(np.nanpercentile(v, tail)), float(np.nanpercentile(v, 100 - tail))]
-        for k, v in resampled_gaps(y_true, y_pred, group, index).items()
+        k: [float(np.nanpercentile(v[kept], tail)), float(np.nanpercentile(v[kept], 100 - tail))]
+        for k, v in gaps.items()
     }
 
 

@@ -75,6 +75,19 @@ class RepairPlan:
             return {layer: list(t) for layer, t in self.targets.items()}
         return {layer: sorted({unit for _, unit in t}) for layer, t in self.targets.items()}
 
+    def retargeted(
+        self, targets: Mapping[str, list], level: str | None = None, **provenance: Any
+    ) -> RepairPlan:
+        """The same ranking with other `targets` (at `level`, default this plan's) and more
+        `provenance`; the count of targets taken in index order is recounted for them."""
+        level = Level(level or self.level).value
+        arbitrary = arbitrary_targets(self.layers, level, targets)
+        kept = {k: v for k, v in self.provenance.items() if k != "arbitrary_targets"}
+        tied = {"arbitrary_targets": arbitrary} if arbitrary else {}
+        return RepairPlan(
+            self.fingerprint, level, self.layers, dict(targets), {**kept, **tied, **provenance}
+        )
+
     def redrawn(self, seed: int) -> RepairPlan:
         """A plan of the same layers, level and budget with targets drawn at random from the
         same candidates: the random baseline of this plan."""

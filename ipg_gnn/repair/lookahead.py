@@ -32,6 +32,16 @@ def mean_loss(model: nn.Module, images: Images, loss_fn: RepairLoss, batch_size:
     return total / len(images)
 
 
+def check_lookahead_inputs(steps: int, batch_size: int, available: int) -> None:
+    """Refuse a look-ahead the fine-tuning part cannot feed (each step takes fresh inputs):
+    jobs call it before their attribution, so the error comes before the expensive work."""
+    if steps * batch_size > available:
+        raise ValueError(
+            f"a look-ahead of {steps} steps of {batch_size} needs {steps * batch_size} inputs; "
+            f"the fine-tuning part has {available}: lower its steps or batch_size"
+        )
+
+
 def lookahead_gain(
     model: nn.Module,
     masks: Masks,
@@ -47,28 +57,25 @@ def lookahead_gain(
     """Repair loss on `val` before and after `steps` masked steps on `train` (a copy of `model`
     is adapted, through `update`: how the planned entries change), and the relative fall
     `gain` = (before - after) / before."""
-    if steps * batch_size > len(train):
-        raise ValueError(
-            f"a look-ahead of {steps} steps of {batch_size} needs {steps * batch_size} inputs; "
-            f"the fine-tuning part has {len(train)}"
-        )
+    check_lookahead_inputs(steps, batch_size, len(train))
     trial = copy.deepcopy(model).eval()
-    before = mean_loss(trial, val, loss_fn, batch_size)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    masked_finetune(
-        trial,
-        (update or Update()).apply(trial, masks, seed),
-        train.subset(order[: steps * batch_size]),
-        val,
-        loss_fn,
-        epochs=1,
-        lr=lr,
-        batch_size=batch_size,
-        tolerance=float("inf"),
-        check_every=steps,
-        patience=None,
-        seed=seed,
-        progress=False,
-    )
-    after = mean_loss(trial, val, loss_fn, batch_size)
+    with loss_fn.attach(model):  # a loss that compares with the model as repair starts keeps
+        before = mean_loss(trial, val, loss_fn, batch_size)  # the original, not the copy
+        masked_finetune(
+            trial,
+            (update or Update()).apply(trial, masks, seed),
+            train.subset(order[: steps * batch_size]),
+            val,
+            loss_fn,
+            epochs=1,
+            lr=lr,
+            batch_size=batch_size,
+            tolerance=float("inf"),
+            check_every=steps,
+            patience=None,
+            seed=seed,
+            progress=False,
+        )
+        after = mean_loss(trial, val, loss_fn, batch_size)
     return {"before": before, "after": after, "gain": (before - after) / before}
