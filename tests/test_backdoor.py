@@ -273,6 +273,7 @@ def test_a_reversed_stamp_needs_the_repair_set_and_a_known_stamp_name():
     for settings, match in (
         ({"loss": {"stamp": "true"}}, "known or reversed"),
         ({"reversal": {"stepz": 3}}, "unknown settings"),
+        ({"reversal": {"region": [[1.0]]}}, "unknown settings"),  # set by refresh_window
         ({"reversal": {"mask_threshold": 0.0}}, "mask_threshold"),
         ({"reversal": {"refresh_every": 0}}, "refresh_every"),
         ({"reversal": {"refresh_window": -1}}, "refresh_window"),
@@ -328,6 +329,10 @@ def test_stamps_found_during_a_repair_take_turns_over_the_batch():
     # Inputs 0, 2, 4 get the first stamp, 1 and 3 the second; x itself is left as it was.
     assert loss.stamp(x).flatten(1)[:, 0].tolist() == [0.0, 1.0, 0.0, 1.0, 0.0]
     assert (x == 0.5).all()
+    # A run that attaches the loss again (a look-ahead scores it before and after) starts from
+    # the first stamp: refreshed stamps belong to the run that found them.
+    with loss.attach(torch.nn.Identity()):
+        assert loss.stamp(x).flatten(1)[:, 0].tolist() == [0.0] * 5
 
 
 def test_a_refresh_reverses_the_suspect_again_on_the_model_being_repaired(tmp_path):

@@ -110,11 +110,13 @@ def test_scores_and_lira_equal_their_formulas():
     confident = torch.tensor([[30.0, 0.0], [40.0, 0.0]])
     loss = attack_scores(confident, torch.tensor([0, 0]))["loss"]
     assert loss[1] > loss[0] and loss[0] == pytest.approx(-math.exp(-30), rel=1e-6)
-    shadow = torch.tensor([[0.0, 1.0], [2.0, 3.0]])  # OUT means 1 and 2, spread sqrt(2)
-    target = torch.tensor([1.0 + math.sqrt(2), 2.0])
+    shadow = torch.tensor([[0.0, 1.0], [2.0, 5.0]])  # OUT means 1, 3; spreads sqrt(2), sqrt(8)
+    target = torch.tensor([1.0 + math.sqrt(2), 3.0])
     assert torch.allclose(lira_offline(target, shadow), torch.tensor([1.0, 0.0]))
+    # One spread for all: the root mean variance, sqrt((2 + 8) / 2).
     assert torch.allclose(
-        lira_offline(target, shadow, global_variance=True), torch.tensor([1, 0.0])
+        lira_offline(target, shadow, global_variance=True),
+        torch.tensor([math.sqrt(2) / math.sqrt(5), 0.0]),
     )
     with pytest.raises(ConfigError, match="at least 2 shadow"):
         lira_offline(target, shadow[:1])

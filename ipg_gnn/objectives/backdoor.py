@@ -22,9 +22,10 @@ class can make.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,15 @@ class BackdoorLoss(ConsistencyLoss):
         self.unlearning_weight, self.refresh = unlearning_weight, refresh
         super().__init__(units, consistency_weight)
 
+    @contextlib.contextmanager
+    def attach(self, model: nn.Module) -> Iterator[None]:
+        """The consistency term's hooks, and the first stamp only: the stamps a refresh finds
+        belong to the fine-tuning run that found them, so a loss scored again (a look-ahead's
+        loss before and after, its next trial) starts from the same stamp each time."""
+        del self.stamps[1:]
+        with self.consistency.attach(model):
+            yield
+
     def stamp(self, x: torch.Tensor) -> torch.Tensor:
         """`x` with input i stamped by stamp i mod (number of stamps)."""
         if len(self.stamps) == 1:
@@ -201,7 +211,7 @@ REVERSAL_SETTINGS = (
     set(inspect.signature(reverse_engineer).parameters)
     | set(inspect.signature(reverse_class).parameters)
     | set(STAMP_SETTINGS)
-) - {"model", "x", "num_classes", "target", "seed", "settings"}
+) - {"model", "x", "num_classes", "target", "seed", "settings", "region"}
 
 
 #: How many clean inputs a reversal reads unless `objective.reversal.max_inputs` says.

@@ -24,6 +24,7 @@ audit never scores.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -45,7 +46,9 @@ from ipg_gnn.objectives.base import (
     UnitOutputs,
 )
 from ipg_gnn.runs.keys import config_key
-from ipg_gnn.targets import accuracy, logit_confidence, predict
+from ipg_gnn.targets import accuracy, batched_logits, logit_confidence, predict
+
+log = logging.getLogger(__name__)
 
 #: Splits whose IPGs may hold members (`target_train` itself is where members come from).
 AUDIT_SPLITS = ("ipg_train", "ipg_val", "repair", "test")
@@ -138,17 +141,9 @@ class MemberPopulation(Contrast):
         return Contrasted(x, predict(model, x), torch.ones(len(y), dtype=torch.bool))
 
 
-@torch.no_grad()
 def logits_of(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """The model's logits on `x`, batched (float64 on the CPU)."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat(
-        [
-            model(x[i : i + batch_size].to(device)).double().cpu()
-            for i in range(0, len(x), batch_size)
-        ]
-    )
+    """The model's logits on `x`, batched, in float64 (the scores' logs need it)."""
+    return batched_logits(model, x, batch_size).double()
 
 
 def attack_scores(logits: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -335,6 +330,14 @@ class Membership(Objective):
         any, and keeps their mean predicted distribution on each member as its soft target
         (read by `repair_loss`)."""
         members = inputs("target_train").images
+        if len(fine_tune) < len(members):
+            log.warning(
+                "the repair split's fine-tuning part holds %d inputs, fewer than the target's %d "
+                "members: the repair set is unbalanced and every reference model sees all of "
+                "them (a larger repair split, split.max_size.repair, avoids both)",
+                len(fine_tune),
+                len(members),
+            )
         rng = np.random.default_rng([seed, 1])
         others = fine_tune.subset(np.sort(rng.permutation(len(fine_tune))[: len(members)]))
         probabilities = []

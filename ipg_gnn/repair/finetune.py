@@ -132,6 +132,7 @@ def masked_finetune(
                         history[-1]["stopped"] = "clean accuracy fell more than the tolerance"
                         break
                     kept.restore(trainable, allowed)
+                    optimizer.state.clear()  # the moments still point the way that went wrong
                     history[-1]["rolled_back"] = True
                     strikes = 0
             # The last weights within the (final) tolerance: later ones went too far.

@@ -4,6 +4,7 @@ from ipg_gnn.targets.models import MLP, BasicBlock, SmallCNN, SmallResNet
 from ipg_gnn.targets.training import (
     ClassifierModule,
     accuracy,
+    batched_logits,
     logit_confidence,
     predict,
     train_target,
@@ -16,6 +17,7 @@ __all__ = [
     "SmallCNN",
     "SmallResNet",
     "accuracy",
+    "batched_logits",
     "logit_confidence",
     "predict",
     "train_target",

@@ -63,16 +63,20 @@ def logit_confidence(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return true - others.logsumexp(1)
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """Predicted labels of `x`, batched, on the model's device."""
+@torch.no_grad()
+def batched_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """The eval-mode model's logits on `x`, computed in batches on the model's device and
+    returned on the CPU."""
     device = next(model.parameters()).device
     model.eval()
     return torch.cat(
-        [
-            model(x[i : i + batch_size].to(device)).argmax(1).cpu()
-            for i in range(0, len(x), batch_size)
-        ]
+        [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
     )
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """Predicted labels of `x`, batched, on the model's device."""
+    return batched_logits(model, x, batch_size).argmax(1)
 
 
 def accuracy(model: nn.Module, images: Images, batch_size: int = 1000) -> float:

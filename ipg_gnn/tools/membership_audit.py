@@ -190,12 +190,13 @@ def score_all(
     return scores, {s: labels[s] for s in (SELECT, TEST)}, info
 
 
-def plot_roc(scores: Mapping[str, torch.Tensor], is_member: torch.Tensor, path: Path) -> Path:
-    """Every attack's test ROC on log-log axes, where low-FPR differences show."""
+def plot_roc(scores: Mapping[str, np.ndarray], is_member: torch.Tensor, path: Path) -> Path:
+    """Every attack's test ROC on log-log axes, where low-FPR differences show (`scores`
+    oriented as the attack uses them: higher means member)."""
     fig, ax = plt.subplots(figsize=(5.5, 5))
     floor = 1 / max(int((is_member == 0).sum()), 1)
     for name, s in scores.items():
-        fpr, tpr, _ = roc_curve(is_member.numpy(), s.numpy())
+        fpr, tpr, _ = roc_curve(is_member.numpy(), s)
         ax.plot(np.maximum(fpr, floor), np.maximum(tpr, floor), label=name)
     ax.plot([floor, 1], [floor, 1], color="grey", lw=0.5, ls="--", label="chance")
     ax.set(xscale="log", yscale="log", xlabel="false positive rate", ylabel="true positive rate")
@@ -256,7 +257,7 @@ def audit(directory: Path, out: Path, shadows: int | None = None) -> dict[str, A
     np.savez(out / SCORES, is_member=labels[TEST].numpy(), **oriented)
     atomic_write_text(json.dumps(report, indent=2), out / "membership_audit.json")
     atomic_write_text(markdown(report), out / "membership_audit.md")
-    plot_roc(scores[TEST], labels[TEST], out / "membership_roc.png")
+    plot_roc(oriented, labels[TEST], out / "membership_roc.png")
     return report
 
 
