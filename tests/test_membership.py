@@ -206,6 +206,9 @@ def test_repair_audit_rows_name_models_as_the_report_does_and_average_draws():
     assert rows["random_0"]["strongest"] == "lira" and rows["random_1"]["strongest"] == "loss"
     # Validation's strongest attack is found on its own: here the weakest on test.
     assert rows["random_0"]["strongest_val_auc"] == pytest.approx(0.7)
+    # The attack chosen on validation (loss: 0.7 against lira's 0.65) and its test AUC.
+    assert rows["random_0"]["chosen_on_val"] == "loss"
+    assert rows["random_0"]["chosen_on_val_auc"] == pytest.approx(0.6)
     mean = draw_means(rows)["random (mean of 2)"]
     # The mean of each draw's strongest AUC (0.7, 0.6), not the strongest of the mean AUCs.
     assert mean["strongest_auc"] == pytest.approx(0.65)

@@ -383,10 +383,16 @@ REPORT_NAME = {"original": "before", "targeted": "after"}
 def audit_row(audited: Mapping[str, Any], repair_result: Mapping[str, Any]) -> dict[str, Any]:
     """One model's line of the privacy comparison: accuracy, budget, every re-fitted attack,
     and the strongest attack's AUC on the validation part (`ipg_val`: where repair settings
-    are chosen; the GNNs' epochs are selected there too, so theirs reads a little high)."""
+    are chosen; the GNNs' epochs are selected there too, so theirs reads a little high).
+    `strongest` is the attack of highest test AUC, a maximum over noisy test numbers that reads
+    high; `chosen_on_val` is the attack of highest validation AUC, and its test AUC is free of
+    that selection."""
     attacks = audited["attacks"]
     strongest = max(attacks, key=lambda k: attacks[k]["auc"])
+    chosen = max(attacks, key=lambda k: attacks[k]["val_auc"])
     return {
+        "chosen_on_val": chosen,
+        "chosen_on_val_auc": attacks[chosen]["auc"],
         "strongest_val_auc": max(a["val_auc"] for a in attacks.values()),
         "test_accuracy": audited["generalisation"]["nonmember"]["accuracy"],
         "train_accuracy": audited["generalisation"]["member"]["accuracy"],
@@ -485,8 +491,8 @@ def privacy_markdown(report: Mapping[str, Any]) -> str:
         "is where repair settings are chosen.",
         "",
         "| model | test acc. | train acc. | params changed | strongest AUC | strongest AUC "
-        "(ipg_val) | " + " | ".join(names) + " |",
-        "|---|---|---|---|---|---|" + "---|" * len(names),
+        "(ipg_val) | AUC of the attack strongest on ipg_val | " + " | ".join(names) + " |",
+        "|---|---|---|---|---|---|---|" + "---|" * len(names),
     ]
     for model, r in rows.items():
         a = r["attacks"]
@@ -494,7 +500,8 @@ def privacy_markdown(report: Mapping[str, Any]) -> str:
         lines.append(
             f"| {model} | {r['test_accuracy']:.2%} | {r['train_accuracy']:.2%} | "
             f"{r['params_changed_fraction']:.2%} | {r['strongest_auc']:.3f} "
-            f"({r['strongest']}) | {r['strongest_val_auc']:.3f} | {cells} |"
+            f"({r['strongest']}) | {r['strongest_val_auc']:.3f} | "
+            f"{r['chosen_on_val_auc']:.3f} ({r.get('chosen_on_val', 'each draw')}) | {cells} |"
         )
     for method, g in report.get("targeted_lead", {}).items():
         lines += [
