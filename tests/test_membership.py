@@ -247,6 +247,35 @@ def test_strongest_auc_gap_is_the_mean_of_each_models_strongest_auc_with_a_paire
     assert gap["difference"] == pytest.approx(expected)
     assert 0 < gap["interval_95"][0] < expected < gap["interval_95"][1]
     assert gap["fraction_above_zero"] == 1.0
+    chosen = {"targeted": "lira", "random_0": "loss", "random_1": "lira"}
+    fixed = strongest_auc_gap(scores, "targeted", ["random_0", "random_1"], chosen, resamples=200)
+    auc = {m: roc_auc_score(is_member, scores[m][a]) for m, a in chosen.items()}
+    assert fixed["difference"] == pytest.approx(
+        (auc["random_0"] + auc["random_1"]) / 2 - auc["targeted"]
+    )
+    assert fixed["difference"] < expected  # random_0's noise attack, not its shifted one
+    from ipg_gnn.tools.membership_audit import privacy_markdown
+
+    attack = {"auc": 0.6, "tpr_at_0.01fpr": 0.02}
+    row = {
+        "test_accuracy": 0.9,
+        "train_accuracy": 0.95,
+        "params_changed_fraction": 0.05,
+        "strongest_auc": 0.6,
+        "strongest": "lira",
+        "strongest_val_auc": 0.6,
+        "chosen_on_val_auc": 0.6,
+        "attacks": {"lira": attack},
+    }
+    text = privacy_markdown(
+        {
+            "models": {"targeted": row},
+            "targeted_lead": {"random": gap},
+            "targeted_lead_chosen_on_val": {"random": fixed},
+        }
+    )
+    assert f"strongest on test) minus the targeted repair's: {gap['difference']:+.4f}" in text
+    assert f"strongest on ipg_val minus the targeted repair's: {fixed['difference']:+.4f}" in text
     scores["random_1"]["is_member"] = is_member[::-1]
     with pytest.raises(ValueError, match="test different inputs"):
         strongest_auc_gap(scores, "targeted", ["random_0", "random_1"], resamples=2)
