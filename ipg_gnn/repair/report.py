@@ -31,17 +31,22 @@ def flat_metrics(report: Mapping, prefix: str = "") -> dict[str, float]:
     return flat
 
 
-def mean_results(results: Sequence[Mapping]) -> dict:
+def mean_results(
+    results: Sequence[Mapping], skip: Sequence[str] = ("draw",), keep_same: bool = False
+) -> dict:
     """The mean of every number the results share, nested keys kept (several random plans'
-    runs as one baseline row); traces, other non-numbers, draw numbers and keys some results
-    lack are left out."""
+    runs as one baseline row); traces, other non-numbers, keys in `skip` (draw numbers: labels)
+    and keys some results lack are left out. `keep_same`: what is the same in every result is
+    kept as it is, numbers or not (e.g. the test split's size, a setting's name)."""
     mean: dict = {}
     for key, value in results[0].items():
-        if not all(key in r for r in results):
+        if key in skip or not all(key in r for r in results):
             continue
-        if isinstance(value, Mapping):
-            mean[key] = mean_results([r[key] for r in results])
-        elif isinstance(value, int | float) and not isinstance(value, bool) and key != "draw":
+        if keep_same and all(r[key] == value for r in results):
+            mean[key] = value
+        elif isinstance(value, Mapping):
+            mean[key] = mean_results([r[key] for r in results], skip, keep_same)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
             mean[key] = sum(r[key] for r in results) / len(results)
     return mean
 

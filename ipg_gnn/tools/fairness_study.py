@@ -48,6 +48,7 @@ from torch import nn
 from ipg_gnn.data import Images
 from ipg_gnn.jobs.repair import repair_split_parts
 from ipg_gnn.objectives.fairness import GROUPS, bootstrap_intervals, fairness_metrics
+from ipg_gnn.repair.report import mean_results
 from ipg_gnn.runs.io import atomic_write_text
 from ipg_gnn.runs.train_run import TrainRun, load_train_run
 
@@ -135,24 +136,10 @@ def mean_row(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     the repair split, so the mean validation numbers choose a setting on every partition's
     held-out part (repeated random sub-sampling) rather than on one small, noisy part.
     `partitions` says over how many. What is the same in every row is kept as it is; what
-    differs and has no mean (one model's bootstrap intervals, histories) is dropped."""
+    differs and has no mean (histories) and one model's bootstrap intervals are dropped."""
     if len(rows) == 1:
         return dict(rows[0])
-
-    def mean(values: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, first in values[0].items():
-            if not all(key in v for v in values):
-                continue
-            if all(v[key] == first for v in values):
-                out[key] = first  # the same in every row (e.g. the test split's size)
-            elif isinstance(first, Mapping) and key != "ci":
-                out[key] = mean([v[key] for v in values])
-            elif isinstance(first, int | float) and not isinstance(first, bool):
-                out[key] = float(np.mean([v[key] for v in values]))
-        return out
-
-    return {**mean(rows), "partitions": len(rows)}
+    return {**mean_results(rows, skip=("ci",), keep_same=True), "partitions": len(rows)}
 
 
 def setting(job: Mapping[str, Any]) -> float | str:
