@@ -442,6 +442,7 @@ def test_the_one_unit_experiment_plans_one_unit_of_each_hidden_layer(tmp_path):
     assert cfg.objective._target_.endswith("Fairness")
     assert list(cfg.repair.layer) == ["net.1", "net.3"] and list(cfg.repair.k) == [1, 1]
     assert list(cfg.repair.baselines) == ["random"] and cfg.repair.finetune.tolerance == 1.0
+    assert cfg.repair.val_fraction == 0.5  # half the repair split checks the choice
 
 
 def test_the_study_resamples_intervals_on_one_partition_only():
