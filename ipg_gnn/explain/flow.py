@@ -117,19 +117,20 @@ def flow_difference(
 
 
 def mean_flow(
-    capturer: IPGCapture, images: Images, label: int, chunk_size: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Mean edge contributions and unit values of the dense IPGs of `images` of true `label`,
-    then the mean of their absolute values (what a relative score divides by)."""
+    capturer: IPGCapture, images: Images, label: int, chunk_size: int, absolute: bool = False
+) -> list[torch.Tensor]:
+    """Mean edge contributions and unit values of the dense IPGs of `images` of true `label`;
+    with `absolute`, then the means of their absolute values (what a relative score divides
+    by)."""
     x = images.x[images.y == label]
-    sums = [0.0, 0.0, 0.0, 0.0]
+    transforms = (lambda flow: flow, torch.abs) if absolute else (lambda flow: flow,)
+    sums = [0.0] * (2 * len(transforms))
     for i in range(0, len(x), chunk_size):
         ipg = capturer(x[i : i + chunk_size])
         for k, flow in enumerate((ipg.contribution, ipg.x[..., 0])):
-            sums[k] = sums[k] + flow.sum(0)
-            sums[k + 2] = sums[k + 2] + flow.abs().sum(0)
-    edge, value, abs_edge, abs_value = (total / len(x) for total in sums)
-    return edge, value, abs_edge, abs_value
+            for t, transform in enumerate(transforms):
+                sums[k + 2 * t] = sums[k + 2 * t] + transform(flow).sum(0)
+    return [total / len(x) for total in sums]
 
 
 def group_flow_difference(
@@ -152,14 +153,13 @@ def group_flow_difference(
     edge, value = torch.zeros(topology.edge_index.shape[1]), torch.zeros(topology.num_nodes)
     ref_edges, ref_values = torch.zeros_like(edge), torch.zeros_like(value)
     for label in labels:
-        ref_edge, ref_value, ref_abs_edge, ref_abs_value = mean_flow(
-            capturer, reference, label, chunk_size
-        )
-        con_edge, con_value, _, _ = mean_flow(capturer, contrast, label, chunk_size)
-        edge += (con_edge - ref_edge).abs() / len(labels)
-        value += (con_value - ref_value).abs() / len(labels)
-        ref_edges += ref_abs_edge / len(labels)
-        ref_values += ref_abs_value / len(labels)
+        ref = mean_flow(capturer, reference, label, chunk_size, absolute=relative)
+        con_edge, con_value = mean_flow(capturer, contrast, label, chunk_size)
+        edge += (con_edge - ref[0]).abs() / len(labels)
+        value += (con_value - ref[1]).abs() / len(labels)
+        if relative:
+            ref_edges += ref[2] / len(labels)
+            ref_values += ref[3] / len(labels)
     scale = (ref_edges, ref_values) if relative else None
     return flow_attribution(topology, edge, value, scale), topology
 
