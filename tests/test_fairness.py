@@ -288,6 +288,44 @@ def test_objective_fairness_runs_train_and_repair_end_to_end(tmp_path):
     lo = layer["offset"]
     torch.testing.assert_close(a.node[lo : lo + layer["num_units"]], (gw**2).sum(1) + gb**2)
 
+    # The unit study: every unit of net.3 repaired alone, each explainer's ranking against it.
+    from ipg_gnn.jobs.plan_quality import run_unit_quality
+    from ipg_gnn.jobs.repair import repair_split_parts
+    from ipg_gnn.objectives.fairness import fairness_metrics
+
+    units = run_unit_quality(
+        compose_config(
+            "plan_quality",
+            tmp_path / "units",
+            [
+                *common,
+                "experiment=fairness_unit",
+                f"train_dir={tmp_path}/logs/train/r1",
+                "study.units.metric=eo_diff",
+                "~study.explainers.saliency",
+                "~study.explainers.paired_ig",
+                "study.explainers.flow_difference.contrast=unprivileged",
+                "explainer@study.explainers.loss_gradient=loss_gradient_objective",
+                "study.explainers.loss_gradient.contrast=unprivileged",
+                "repair.layer=[net.3]",
+                "repair.k=[1]",
+                "repair.finetune.epochs=5",
+                "repair.finetune.lr=0.1",
+            ],
+        )
+    )
+    _, val = repair_split_parts(loaded, 0.5, 0)
+    original = loaded.model(val.x).argmax(-1).numpy()
+    by_hand = fairness_metrics(val.y.numpy(), original, val.groups["sex"].numpy())["eo_diff"]
+    assert units["before"] == pytest.approx(by_hand)
+    outcomes = units["outcomes"]["net.3"]
+    assert len(outcomes) == 32 and all(0 <= v <= 1 for v in outcomes)
+    assert len(set(outcomes)) > 1  # the units' repairs differ, so rankings can be told apart
+    for name in ("flow_difference", "loss_gradient"):
+        row = units["explainers"][name]["net.3"]
+        assert row["first"] == outcomes[row["first_unit"]] and row["best"] == min(outcomes)
+    assert (tmp_path / "units" / "run" / "unit_quality.png").stat().st_size > 10_000
+
 
 def test_the_study_chooses_on_validation_within_the_accuracy_tolerance():
     from ipg_gnn.tools.fairness_study import choose
@@ -443,6 +481,13 @@ def test_the_one_unit_experiment_plans_one_unit_of_each_hidden_layer(tmp_path):
     assert list(cfg.repair.layer) == ["net.1", "net.3"] and list(cfg.repair.k) == [1, 1]
     assert list(cfg.repair.baselines) == ["random"] and cfg.repair.finetune.tolerance == 1.0
     assert cfg.repair.val_fraction == 0.5  # half the repair split checks the choice
+    # the plan: the repair loss's gradient, on the group populations of the train run
+    assert cfg.explainer._target_.endswith("LossGradient") and cfg.explainer.loss == "objective"
+    assert cfg.explainer.contrast == "unprivileged" and cfg.explainer.batch_size == 512
+    flow = compose_config(
+        "repair", tmp_path, ["experiment=fairness_unit", "train_dir=x", "explainer=flow_difference"]
+    )
+    assert flow.explainer._target_.endswith("FlowDifference") and "loss" not in flow.explainer
 
 
 def test_the_study_resamples_intervals_on_one_partition_only():
@@ -453,3 +498,27 @@ def test_the_study_resamples_intervals_on_one_partition_only():
     assert interval_resamples(1000, 1) == 1000
     assert interval_resamples(1000, 3) == 0
     assert interval_resamples(0, 1) == 0
+
+
+def test_the_unit_study_scores_a_ranking_against_each_units_outcome():
+    """Spearman of the scores with the outcomes (lower is better here), the first unit's and
+    the best unit's outcomes, by hand."""
+    from ipg_gnn.jobs.plan_quality import ranking_quality
+    from ipg_gnn.plan import RepairPlan
+
+    units = [[2, 0.9], [0, 0.5], [1, 0.1]]  # ranked: unit 2 first
+    plan = RepairPlan("f", "node", {"l": {"units": units}}, {"l": [2]})
+    row = ranking_quality(plan, {"l": [0.2, 0.3, 0.1]}, lower_is_better=True)["l"]
+    assert row == {
+        "spearman": pytest.approx(1.0),  # the higher the score, the lower (better) the outcome
+        "first_unit": 2,
+        "first": 0.1,
+        "median": 0.2,
+        "best": 0.1,
+        "best_unit_rank": 0,
+    }
+    worse = ranking_quality(plan, {"l": [0.2, 0.3, 0.1]}, lower_is_better=False)["l"]
+    assert worse["spearman"] == pytest.approx(-1.0) and worse["best"] == 0.3
+    assert worse["best_unit_rank"] == 2
+    tied = ranking_quality(plan, {"l": [0.2, 0.2, 0.2]}, lower_is_better=True)["l"]
+    assert tied["spearman"] is None  # no repair moved the metric: no ranking is better
