@@ -325,6 +325,25 @@ def test_objective_fairness_runs_train_and_repair_end_to_end(tmp_path):
         row = units["explainers"][name]["net.3"]
         assert row["first"] == outcomes[row["first_unit"]] and row["best"] == min(outcomes)
     assert (tmp_path / "units" / "run" / "unit_quality.png").stat().st_size > 10_000
+    with pytest.raises(ConfigError, match="not a number of the validation evaluation"):
+        run_unit_quality(
+            compose_config(
+                "plan_quality",
+                tmp_path / "typo",
+                [
+                    *common,
+                    "experiment=fairness_unit",
+                    f"train_dir={tmp_path}/logs/train/r1",
+                    "study.units.metric=eo_dif",
+                    "~study.explainers.saliency",
+                    "~study.explainers.paired_ig",
+                    "~study.explainers.loss_gradient",
+                    "study.explainers.flow_difference.contrast=unprivileged",
+                    "repair.layer=[net.3]",
+                    "repair.k=[1]",
+                ],
+            )
+        )
 
 
 def test_the_study_chooses_on_validation_within_the_accuracy_tolerance():

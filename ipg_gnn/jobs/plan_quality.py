@@ -275,13 +275,14 @@ def unit_outcomes(
             )
         return numbers[cfg.study.units.metric]
 
+    before = metric(setup.run.model)  # first: a metric the evaluation lacks fails at once
     outcomes = {}
     for layer in plan.targets:
         outcomes[layer] = [
             metric(method(replace(ctx, plan=plan.retargeted({layer: [unit]})))[0])
             for unit in tqdm(range(plan.layers[layer]["num_units"]), desc=f"units of {layer}")
         ]
-    return metric(setup.run.model), outcomes
+    return before, outcomes
 
 
 def ranking_quality(
