@@ -463,6 +463,42 @@ def test_the_temperature_sharpens_the_score_the_gap_sees():
         FairnessLoss("sex", temperature=0.0)
 
 
+def test_the_multipliers_follow_the_thresholded_gap_where_the_smooth_one_disagrees():
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor([[0.0], [1.0]]))
+        model[1].bias.zero_()
+    # Logits (0, x), P(positive) = sigmoid(x); every row is a positive, so only the TPR gap.
+    # Privileged scores 0.9, 0.45 (mean 0.675, predicted 1, 0); unprivileged 0.55, 0.55
+    # (predicted 1, 1): the smooth gap is +0.125, the thresholded one -0.5.
+    p = torch.tensor([0.9, 0.45, 0.55, 0.55])
+    x = torch.log(p / (1 - p)).view(4, 1, 1, 1)
+    batch = Images(x, torch.ones(4, dtype=torch.long), {"sex": torch.tensor([1, 1, 0, 0])})
+    ce = float(-torch.log(p).mean())
+    loss = FairnessLoss("sex", weight=2.0, multiplier_lr=0.5)
+    summed = FairnessLoss("sex", weight=2.0)
+    # The first step is the summed penalty's, value and gradient: multiplier sign(+0.125) = 1.
+    first = loss(model, batch, 1)
+    assert float(first) == pytest.approx(ce + 2 * 0.125)
+    (grad,) = torch.autograd.grad(first, model[1].weight)
+    (summed_grad,) = torch.autograd.grad(summed(model, batch, 1), model[1].weight)
+    assert torch.allclose(grad, summed_grad)
+    # Each later step uses the multiplier, then moves it by 0.5 x (-0.5); a repeated step
+    # (a look-ahead's evaluation) leaves it.
+    assert float(loss(model, batch, 2)) == pytest.approx(ce + 2 * 1.0 * 0.125)
+    assert float(loss(model, batch, 2)) == pytest.approx(ce + 2 * 0.75 * 0.125)
+    assert float(loss(model, batch, 3)) == pytest.approx(ce + 2 * 0.75 * 0.125)
+    for _ in range(7):
+        loss(model, batch, loss.multipliers.step + 1)
+    assert loss.multipliers.values == {1: -1.0}  # 0.5 - 7 x 0.25, clipped at -1
+    with loss.attach(model):  # a new fine-tuning run starts from the summed penalty again
+        assert float(loss(model, batch, 1)) == pytest.approx(ce + 2 * 0.125)
+    with pytest.raises(ConfigError, match="equalized_odds_max"):
+        FairnessLoss("sex", penalty="equalized_odds_max", multiplier_lr=1.0)
+    with pytest.raises(ConfigError, match="multiplier_lr"):
+        FairnessLoss("sex", multiplier_lr=-1.0)
+
+
 def test_loss_gradient_of_the_objective_ranks_units_by_the_group_gap():
     from ipg_gnn.explain import LossGradient
     from ipg_gnn.targets import MLP

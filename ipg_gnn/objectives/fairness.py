@@ -79,6 +79,25 @@ class GroupPopulation(Contrast):
         return Contrasted(x, pred, pred != y)
 
 
+def signed_gaps(
+    score: torch.Tensor, y: torch.Tensor, group: torch.Tensor, strata: Sequence[int | None]
+) -> dict[int | None, torch.Tensor]:
+    """Privileged minus unprivileged mean `score` in each stratum (a true label; None: every
+    row) where the batch holds both groups."""
+    gaps = {}
+    for label in strata:
+        cell = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
+        a, b = cell & (group == 1), cell & (group == 0)
+        if a.any() and b.any():
+            gaps[label] = score[a].mean() - score[b].mean()
+    return gaps
+
+
+def penalty_strata(penalty: str) -> list[int | None]:
+    """The strata a penalty compares the groups in: every row, or each true label."""
+    return [None] if Penalty(penalty) is Penalty.DEMOGRAPHIC_PARITY else [0, 1]
+
+
 def fairness_gap(
     score: torch.Tensor, y: torch.Tensor, group: torch.Tensor, penalty: str
 ) -> torch.Tensor:
@@ -87,16 +106,51 @@ def fairness_gap(
     (equalized_odds_max: the smooth counterpart of fairlearn's equalized-odds difference, which
     is the larger of the TPR and FPR gaps, so only the binding gap is pushed). Cells a batch
     lacks are left out; 0 when no cell has both groups."""
-    kind = Penalty(penalty)
-    strata = [None] if kind is Penalty.DEMOGRAPHIC_PARITY else [0, 1]
     gaps = [score.sum() * 0.0]
-    for label in strata:
-        cell = torch.ones_like(y, dtype=torch.bool) if label is None else y == label
-        a, b = cell & (group == 1), cell & (group == 0)
-        if a.any() and b.any():
-            gaps.append((score[a].mean() - score[b].mean()).abs())
+    gaps += [g.abs() for g in signed_gaps(score, y, group, penalty_strata(penalty)).values()]
     gaps = torch.stack(gaps)
-    return gaps.max() if kind is Penalty.EQUALIZED_ODDS_MAX else gaps.sum()
+    return gaps.max() if Penalty(penalty) is Penalty.EQUALIZED_ODDS_MAX else gaps.sum()
+
+
+class GapMultipliers:
+    """Signed weights of each stratum's smooth gap that follow the thresholded gaps.
+
+    The smooth gaps' minimum is not the thresholded rates' (Adult runs 8, 9: the summed smooth
+    TPR and FPR gaps close the thresholded FPR gap only by reversing the thresholded TPR gap).
+    A multiplier per stratum starts at sign(smooth gap), so the first step is the summed
+    penalty's, and then takes `lr` x the batch's thresholded gap at every later step, clipped to
+    [-1, 1]: a gap that stays open on one side pushes harder that way, a reversed one pulls back
+    (the Lagrange multipliers' ascent of a proxy-Lagrangian, Cotter et al. 2019, with the
+    multipliers bounded by the penalty weight). `reset` forgets them (a new fine-tuning run)."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+        self.reset()
+
+    def reset(self) -> None:
+        self.values: dict[int | None, float] = {}
+        self.step: int | None = None
+
+    def __call__(
+        self,
+        smooth: Mapping[int | None, torch.Tensor],
+        hard: Mapping[int | None, torch.Tensor],
+        step: int,
+    ) -> dict[int | None, float]:
+        """The multipliers this step's penalty uses; from the second step seen on, each new
+        step then moves them by the batch's thresholded gaps (calls at the first step or a step
+        seen before leave them: an explainer's batches all see the summed penalty's signs, a
+        look-ahead's evaluations do not move them)."""
+        for label, gap in smooth.items():
+            self.values.setdefault(label, float(torch.sign(gap.detach())))
+        used = dict(self.values)
+        if self.step is None:
+            self.step = step
+        elif step > self.step:
+            self.step = step
+            for label, gap in hard.items():
+                self.values[label] = min(1.0, max(-1.0, self.values[label] + self.lr * float(gap)))
+        return used
 
 
 def anchor_gap(score: torch.Tensor, reference: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -126,7 +180,13 @@ class FairnessLoss:
 
     `temperature` sharpens the score the gap and the anchor see, softmax(logits / temperature)
     of the positive class (1: the predicted probability): below 1 a group's mean score comes
-    closer to its thresholded rate, which fairlearn's metrics count."""
+    closer to its thresholded rate, which fairlearn's metrics count.
+
+    `multiplier_lr` > 0 weights each stratum's signed smooth gap by `weight` x a
+    `GapMultipliers` value that follows the thresholded gaps (predicted class 1 at the argmax,
+    as fairlearn counts it), in place of `weight` x |gap| (equalized_odds, demographic_parity;
+    not equalized_odds_max, whose max already picks the binding gap). The multipliers start
+    afresh at each outermost `attach` (a fine-tuning run, a look-ahead)."""
 
     def __init__(
         self,
@@ -136,41 +196,69 @@ class FairnessLoss:
         ce_weight: float = 1.0,
         anchor_weight: float = 0.0,
         temperature: float = 1.0,
+        multiplier_lr: float = 0.0,
     ) -> None:
         if penalty not in tuple(p.value for p in Penalty):
             raise ConfigError(
                 f"objective.loss.penalty must be one of {[p.value for p in Penalty]}; "
                 f"got {penalty!r}"
             )
-        if anchor_weight < 0 or temperature <= 0:
+        if anchor_weight < 0 or temperature <= 0 or multiplier_lr < 0:
             raise ConfigError(
-                "objective.loss.anchor_weight must be >= 0 and temperature > 0; got "
-                f"{anchor_weight}, {temperature}"
+                "objective.loss.anchor_weight and multiplier_lr must be >= 0 and temperature "
+                f"> 0; got {anchor_weight}, {multiplier_lr}, {temperature}"
+            )
+        if multiplier_lr and Penalty(penalty) is Penalty.EQUALIZED_ODDS_MAX:
+            raise ConfigError(
+                "objective.loss.multiplier_lr weights each gap by its own multiplier; use "
+                "penalty=equalized_odds with it, not equalized_odds_max"
             )
         self.temperature = temperature
         self.attribute, self.penalty = attribute, penalty
         self.weight, self.ce_weight, self.anchor_weight = weight, ce_weight, anchor_weight
+        self.multipliers = GapMultipliers(multiplier_lr) if multiplier_lr else None
         self.reference: nn.Module | None = None
+        self.attached = 0
 
     @contextlib.contextmanager
     def attach(self, model: nn.Module):
-        """Hold a frozen copy of `model` (its scores are the anchor's reference) while
-        fine-tuning runs; nothing when there is no anchor. Nested, the outer model stays the
-        reference (a look-ahead attaches the original around its adapted copy's steps)."""
-        if not self.anchor_weight or self.reference is not None:
-            yield
-            return
-        self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        """For a fine-tuning run: fresh multipliers, and a frozen copy of `model` (its scores
+        are the anchor's reference; none without an anchor). Nested, the outer model stays the
+        reference and the multipliers go on (a look-ahead attaches the original around its
+        adapted copy's steps)."""
+        outermost = not self.attached
+        if outermost:
+            if self.multipliers is not None:
+                self.multipliers.reset()
+            if self.anchor_weight:
+                self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+        self.attached += 1
         try:
             yield
         finally:
-            self.reference = None
+            self.attached -= 1
+            if outermost:
+                self.reference = None
+
+    def penalty_term(
+        self, score: torch.Tensor, logits: torch.Tensor, batch: Images, step: int
+    ) -> torch.Tensor:
+        """`weight` x the groups' gap: |gap| combined as `penalty` says, or each signed gap
+        times its multiplier."""
+        group = batch.groups[self.attribute]
+        if self.multipliers is None:
+            return self.weight * fairness_gap(score, batch.y, group, self.penalty)
+        strata = penalty_strata(self.penalty)
+        smooth = signed_gaps(score, batch.y, group, strata)
+        hard = signed_gaps((logits.argmax(-1) == 1).float(), batch.y, group, strata)
+        used = self.multipliers(smooth, hard, step)
+        return self.weight * sum((used[k] * gap for k, gap in smooth.items()), score.sum() * 0.0)
 
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         logits = model(batch.x)
         score = (logits / self.temperature).softmax(-1)[:, 1]
-        gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
-        loss = self.ce_weight * nn.functional.cross_entropy(logits, batch.y) + self.weight * gap
+        loss = self.ce_weight * nn.functional.cross_entropy(logits, batch.y)
+        loss = loss + self.penalty_term(score, logits, batch, step)
         if self.anchor_weight:
             if self.reference is None:
                 raise RuntimeError("an anchored FairnessLoss is called inside `attach(model)`")
