@@ -23,6 +23,7 @@ from ipg_gnn.explain import (
     flow_difference,
     loss_gradient,
 )
+from ipg_gnn.explain.base import ranking_agreement
 from ipg_gnn.explain.flow import group_flow_difference
 from ipg_gnn.objectives import AdversarialLoss, Robustness
 from ipg_gnn.plan import PlanError, RepairPlan, make_plan
@@ -101,6 +102,17 @@ def test_paired_ig_splits_each_inputs_logit_change_over_units_and_weights(ipgs, 
         f"top{round(0.1 * test.topology.num_nodes)}_overlap",
     }
     assert -1 <= a.stability["spearman_halves"] <= 1
+
+
+def test_ranking_agreement_gives_tied_scores_their_mean_rank():
+    # Units 0 and 1 tie in both rankings (mean rank 1.5), units 2 and 3 swap places: ranks
+    # [1.5, 1.5, 3, 4] and [1.5, 1.5, 4, 3], centred [-1, -1, .5, 1.5] and [-1, -1, 1.5, .5]:
+    # covariance 3.5 over variance 4.5. Ordering the tie by chance would give 0.6 or 0.8.
+    a, b = torch.tensor([0.0, 0.0, 1.0, 2.0]), torch.tensor([0.0, 0.0, 2.0, 1.0])
+    agreement = ranking_agreement(a, b, top_fraction=0.5)
+    assert agreement["spearman_halves"] == pytest.approx(3.5 / 4.5)
+    assert agreement["top2_overlap"] == 1.0
+    assert ranking_agreement(a, torch.ones(4), 0.25)["spearman_halves"] is None
 
 
 def test_flow_difference_matches_a_hand_computation():

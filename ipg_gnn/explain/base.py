@@ -12,7 +12,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
+import numpy as np
 import torch
+from numpy.typing import ArrayLike
+from scipy.stats import spearmanr
 from torch import nn
 
 from ipg_gnn.data import Images
@@ -31,7 +34,7 @@ class Attribution:
     explainer: str
     score: str  # what the importances measure, for plots and reports
     # How stable the ranking is across halves of the inputs (where the attributor measures it).
-    stability: dict[str, float] = field(default_factory=dict)
+    stability: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def node(self) -> torch.Tensor:
@@ -83,11 +86,24 @@ class Attributor(ABC):
         """The attribution and the topology its scores index."""
 
 
-def ranking_agreement(a: torch.Tensor, b: torch.Tensor, top_fraction: float) -> dict[str, float]:
+def spearman(a: ArrayLike, b: ArrayLike) -> float | None:
+    """Spearman's correlation with tied scores sharing their mean rank (units a ranking cannot
+    tell apart, e.g. never-active units at 0, must not be ordered by chance); None where it is
+    undefined (every unit scored alike)."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def ranking_agreement(
+    a: torch.Tensor, b: torch.Tensor, top_fraction: float
+) -> dict[str, float | None]:
     """How far two unit rankings agree: Spearman correlation of the scores `a` and `b`, and the
     share of `a`'s top `top_fraction` units among `b`'s."""
-    ranks_a, ranks_b = a.argsort().argsort().double(), b.argsort().argsort().double()
-    spearman = float(torch.corrcoef(torch.stack([ranks_a, ranks_b]))[0, 1])
     k = max(1, int(round(top_fraction * len(a))))
     top_a, top_b = set(a.topk(k).indices.tolist()), set(b.topk(k).indices.tolist())
-    return {"spearman_halves": spearman, f"top{k}_overlap": len(top_a & top_b) / k}
+    return {
+        "spearman_halves": spearman(a.cpu().numpy(), b.cpu().numpy()),
+        f"top{k}_overlap": len(top_a & top_b) / k,
+    }

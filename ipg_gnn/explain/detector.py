@@ -310,7 +310,9 @@ class PairedIntegratedGradients(DetectorAttributor):
         )
 
 
-def ranking_stability(scores: torch.Tensor, top_fraction: float, seed: int) -> dict[str, float]:
+def ranking_stability(
+    scores: torch.Tensor, top_fraction: float, seed: int
+) -> dict[str, float | None]:
     """How far a ranking from per-item `scores` (items, units) depends on which items were
     used: Spearman correlation of the unit means of two random halves of the items, and the
     share of one half's top `top_fraction` units in the other's."""

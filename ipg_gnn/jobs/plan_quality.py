@@ -35,13 +35,12 @@ import matplotlib
 import numpy as np
 import torch
 from omegaconf import DictConfig, open_dict
-from scipy.stats import spearmanr
 from torch import nn
 from tqdm.auto import tqdm
 
 from ipg_gnn.data import Images
 from ipg_gnn.errors import ConfigError
-from ipg_gnn.explain.base import Attributor
+from ipg_gnn.explain.base import Attributor, spearman
 from ipg_gnn.jobs.checks import RepairSettings, check_settings
 from ipg_gnn.jobs.repair import (
     RepairSplitSource,
@@ -309,14 +308,6 @@ def ranking_quality(
             "best_unit_rank": int(ranks[best]),
         }
     return quality
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
-    """Spearman's correlation, None where it is undefined (every unit scored or repaired
-    alike, as when no repair moved the metric)."""
-    if np.ptp(a) == 0 or np.ptp(b) == 0:
-        return None
-    return float(spearmanr(a, b).statistic)
 
 
 def plot_unit_quality(results: dict[str, Any], plans: dict[str, RepairPlan], path: Path) -> Path:
