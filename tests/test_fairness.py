@@ -525,8 +525,57 @@ def test_loss_gradient_of_the_objective_ranks_units_by_the_group_gap():
     w, b = torch.autograd.grad(gap_only(model, images, 0), [model.net[1].weight, model.net[1].bias])
     torch.testing.assert_close(a.node[6:14], (w**2).sum(1) + b**2)
     assert a.score == "squared mean gradient of the repair loss"
-    with pytest.raises(ConfigError, match="contrast or objective"):
+    with pytest.raises(ConfigError, match="contrast, objective or selective"):
         LossGradient("unprivileged", loss="gap")
+
+
+def test_the_selective_plan_scores_the_gap_gradient_less_its_projection_on_the_rates():
+    from ipg_gnn.explain import LossGradient
+    from ipg_gnn.targets import MLP
+
+    torch.manual_seed(0)
+    model = MLP((1, 1, 6), 2, widths=(8,)).eval()
+    x, y = torch.rand(40, 1, 1, 6), torch.tensor([0, 1] * 20)
+    images = Images(x, y, {"sex": torch.randint(0, 2, (40,))})
+    loss = FairnessLoss("sex", weight=5.0)  # the weight and cross-entropy do not enter
+
+    class Source:
+        seed = 0
+
+        def __init__(self, repair_loss):
+            self.model, self.repair_loss = model, lambda: repair_loss
+
+        def inputs(self):
+            return images
+
+    a, _ = LossGradient("unprivileged", loss="selective", batch_size=40)(Source(loss))
+    layer = model.net[1]
+    score = model(x).softmax(-1)[:, 1]
+    values = [
+        fairness_gap(score, y, images.groups["sex"], "equalized_odds"),
+        score[y == 0].mean(),
+        score[y == 1].mean(),
+    ]
+
+    def unit_gradients(value):  # per unit: its incoming weights and bias as one vector
+        w, b = torch.autograd.grad(value, [layer.weight, layer.bias], retain_graph=True)
+        return torch.cat([w, b[:, None]], 1)
+
+    gap, fpr, tpr = (unit_gradients(v) for v in values)
+    for unit in range(8):
+        basis = torch.stack([fpr[unit], tpr[unit]], 1).double()
+        coef = torch.linalg.lstsq(basis, gap[unit].double()).solution
+        residual = gap[unit].double() - basis @ coef
+        torch.testing.assert_close(a.node[6 + unit], residual.pow(2).sum().float())
+    # Holding the rates costs reach wherever a unit has a gradient at all (ReLU: some do not).
+    alive = gap.abs().sum(1) > 0
+    assert alive.sum() >= 4 and (a.node[6:14][alive] < gap[alive].pow(2).sum(1)).all()
+    weight_grad = torch.autograd.grad(values[0], layer.weight)[0]
+    torch.testing.assert_close(a.edge[: 8 * 6], (weight_grad**2).flatten())  # edges: plain gap
+    with pytest.raises(ConfigError, match="needs objective=fairness"):
+        LossGradient("unprivileged", loss="selective")(Source(lambda m, b, step: b.x.sum()))
+    with pytest.raises(ValueError, match="both true labels"):
+        loss.gap_and_rates(model, Images(x[y == 1], y[y == 1], {"sex": y[y == 1]}))
 
 
 def test_the_one_unit_experiment_plans_one_unit_of_each_hidden_layer(tmp_path):

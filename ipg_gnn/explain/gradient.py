@@ -20,7 +20,7 @@ compares the unit scores of the gradients averaged over two random halves of the
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,7 @@ from ipg_gnn.provenance import LayerKind
 from ipg_gnn.provenance.ops import CaptureOp
 from ipg_gnn.provenance.rules.conv import ungroup
 
+#: A loss of a batch: a scalar, or a vector [loss, values to hold...] (see `unit_scores`).
 LossFn = Callable[[nn.Module, Images], torch.Tensor]
 
 
@@ -68,28 +69,39 @@ def mean_gradients(
     batch_size: int,
     seed: int,
     progress: bool,
-) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-    """The gradient of `loss_fn` for each of `params`, averaged over `images` (each batch
-    weighted by its size), and the same average over each of two random halves of the batches
-    (an empty list when there is a single batch)."""
+) -> tuple[list[list[torch.Tensor]], list[list[list[torch.Tensor]]]]:
+    """For each value `loss_fn` returns (a scalar, or each entry of a vector), the gradient for
+    each of `params`, averaged over `images` (each batch weighted by its size), and the same
+    average over each of two random halves of the batches (an empty list when there is a single
+    batch): [value][param], and [half][value][param]."""
     starts = list(range(0, len(images), batch_size))
     half = torch.zeros(len(starts), dtype=torch.long)
     half[torch.randperm(len(starts), generator=torch.Generator().manual_seed(seed))[::2]] = 1
-    sums = [[torch.zeros_like(p) for p in params] for _ in range(2)]
+    sums: list[list[list[torch.Tensor]]] = [[], []]
     counts = [0, 0]
     with differentiable(model):
         for b, i in enumerate(
             tqdm(starts, desc="attribution (loss_gradient)", disable=not progress, leave=False)
         ):
             batch = images.subset(torch.arange(i, min(i + batch_size, len(images))))
-            grads = torch.autograd.grad(loss_fn(model, batch), params)
+            values = loss_fn(model, batch).reshape(-1)
             h = int(half[b])
             counts[h] += len(batch)
-            for total, g in zip(sums[h], grads, strict=True):
-                total.add_(g, alpha=len(batch))
-    mean = [(a + b) / len(images) for a, b in zip(*sums, strict=True)]
+            for j, value in enumerate(values):
+                grads = torch.autograd.grad(value, params, retain_graph=j < len(values) - 1)
+                for part in sums:
+                    if len(part) <= j:
+                        part.append([torch.zeros_like(p) for p in params])
+                for total, g in zip(sums[h][j], grads, strict=True):
+                    total.add_(g, alpha=len(batch))
+    mean = [
+        [(a + b) / len(images) for a, b in zip(*value_sums, strict=True)]
+        for value_sums in zip(*sums, strict=True)
+    ]
     halves = (
-        [[s / n for s in part] for part, n in zip(sums, counts, strict=True)] if all(counts) else []
+        [[[s / n for s in value] for value in part] for part, n in zip(sums, counts, strict=True)]
+        if all(counts)
+        else []
     )
     return mean, halves
 
@@ -116,9 +128,19 @@ def edge_scores(
     return into, op_layout(op, weight_score).sum(-1)[dst[into] - lo, local[src[into]]]
 
 
-def unit_scores(params: list[torch.Tensor]) -> torch.Tensor:
-    """Per unit: the sum of squared gradients over every parameter it owns (first dimension)."""
-    return sum(g.reshape(len(g), -1).pow(2).sum(1) for g in params)
+def unit_scores(grads: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """Per unit, over every parameter it owns (first dimension): the squared norm of the loss's
+    gradient `grads[0]`, less its projection on the span of the held values' gradients
+    `grads[1:]` (none: the plain squared norm). The residual is the part of one gradient step
+    on the unit's own parameters that lowers the loss while, to first order, the held values
+    stay where they are."""
+    flat = torch.stack(
+        [torch.cat([g.reshape(len(g), -1) for g in value], 1) for value in grads]
+    ).double()  # (values, units, owned entries)
+    loss, held = flat[0], flat[1:].permute(1, 2, 0)  # held: (units, owned entries, values - 1)
+    if held.shape[-1]:
+        loss = loss - (held @ (torch.linalg.pinv(held) @ loss.unsqueeze(-1))).squeeze(-1)
+    return loss.pow(2).sum(1).float()
 
 
 def loss_gradient(
@@ -132,7 +154,10 @@ def loss_gradient(
     score: str = "squared mean cross-entropy gradient",
 ) -> tuple[Attribution, Topology]:
     """Squared mean gradients of `loss_fn` (default: cross-entropy) over `images`, per weight
-    (edge) and per unit's owned parameters (node), on the dense topology of `model`."""
+    (edge) and per unit's owned parameters (node), on the dense topology of `model`. A
+    `loss_fn` that returns a vector [loss, held values...] scores a unit by `unit_scores`'
+    residual (an edge, one weight, cannot move the loss and hold a value apart: its score stays
+    the loss's squared gradient)."""
     if len(images) == 0:
         raise ValueError("loss-gradient attribution needs at least one input")
     capturer, topology = dense_capture(model, images.x[:1])
@@ -148,12 +173,12 @@ def loss_gradient(
     half_units = [[], []]
     start = 0
     for op, params in zip(ops, owned, strict=True):
-        grads = mean[start : start + len(params)]
+        grads = [value[start : start + len(params)] for value in mean]
         lo, hi = op.layer.offset, op.layer.offset + op.layer.num_units
         node[lo:hi] = unit_scores(grads)
         for part, grads_half in zip(half_units, halves, strict=False):
-            part.append(unit_scores(grads_half[start : start + len(params)]))
-        into, scores = edge_scores(topology, op, grads[0] ** 2)  # the layer's weight is first
+            part.append(unit_scores([value[start : start + len(params)] for value in grads_half]))
+        into, scores = edge_scores(topology, op, grads[0][0] ** 2)  # the weight is first
         edge[into] = scores
         start += len(params)
     stability = (
@@ -173,7 +198,10 @@ class LossGradient(Attributor):
     or on the contrast population's own inputs where it holds other inputs than the reference
     (e.g. a group). `loss=objective`: the repair objective's loss (`objective.loss`, its
     consistency term off: no units are planned yet) on the repair split's inputs, e.g. a fairness
-    repair's group gap, which no single population's cross-entropy carries."""
+    repair's group gap, which no single population's cross-entropy carries. `loss=selective`:
+    the objective's group gap with each true label's overall rate held (`gap_and_rates` of a
+    fairness repair loss): units that can close the gap without lowering every rate, which is
+    how a gap penalty closes it on units that cannot tell the groups apart."""
 
     name = "loss_gradient"
 
@@ -186,14 +214,28 @@ class LossGradient(Attributor):
         seed: int = 0,
     ) -> None:
         super().__init__(contrast)
-        if loss not in ("contrast", "objective"):
-            raise ConfigError(f"explainer.loss must be contrast or objective; got {loss!r}")
+        if loss not in ("contrast", "objective", "selective"):
+            raise ConfigError(
+                f"explainer.loss must be contrast, objective or selective; got {loss!r}"
+            )
         if batch_size < 1:
             raise ConfigError(f"explainer.batch_size must be >= 1; got {batch_size}")
         self.loss, self.batch_size = loss, batch_size
         self.top_fraction, self.seed = top_fraction, seed
 
     def __call__(self, source: AttributionSource) -> tuple[Attribution, Topology]:
+        if self.loss == "selective":
+            gap_and_rates = getattr(source.repair_loss(), "gap_and_rates", None)
+            if gap_and_rates is None:
+                raise ConfigError(
+                    "explainer.loss=selective holds group rates: it needs objective=fairness"
+                )
+            return self.attribute(
+                source,
+                source.inputs(),
+                gap_and_rates,
+                "the group gap, less its projection on the overall rates' (held)",
+            )
         if self.loss == "objective":
             images, repair_loss = source.inputs(), source.repair_loss()
             with repair_loss.attach(source.model):

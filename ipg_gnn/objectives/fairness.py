@@ -254,6 +254,17 @@ class FairnessLoss:
         used = self.multipliers(smooth, hard, step)
         return self.weight * sum((used[k] * gap for k, gap in smooth.items()), score.sum() * 0.0)
 
+    def gap_and_rates(self, model: nn.Module, batch: Images) -> torch.Tensor:
+        """[the groups' gap as `penalty` combines it (unweighted), each true label's overall mean
+        score (the smooth FPR and TPR)]: what a repair should move, then what it should hold so
+        that the gap does not close by levelling every rate down (a selective plan's inputs)."""
+        score = (model(batch.x) / self.temperature).softmax(-1)[:, 1]
+        gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
+        rates = [score[batch.y == label].mean() for label in (0, 1) if (batch.y == label).any()]
+        if len(rates) < 2:
+            raise ValueError("a batch for gap_and_rates needs both true labels")
+        return torch.stack([gap, *rates])
+
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         logits = model(batch.x)
         score = (logits / self.temperature).softmax(-1)[:, 1]
