@@ -585,8 +585,8 @@ def test_the_one_unit_experiment_plans_one_unit_of_each_hidden_layer(tmp_path):
     assert list(cfg.repair.layer) == ["net.1", "net.3"] and list(cfg.repair.k) == [1, 1]
     assert list(cfg.repair.baselines) == ["random"] and cfg.repair.finetune.tolerance == 1.0
     assert cfg.repair.val_fraction == 0.5  # half the repair split checks the choice
-    # the plan: the repair loss's gradient, on the group populations of the train run
-    assert cfg.explainer._target_.endswith("LossGradient") and cfg.explainer.loss == "objective"
+    # the plan: the group gap's gradient with the overall rates held, on the train run's groups
+    assert cfg.explainer._target_.endswith("LossGradient") and cfg.explainer.loss == "selective"
     assert cfg.explainer.contrast == "unprivileged" and cfg.explainer.batch_size == 512
     flow = compose_config(
         "repair", tmp_path, ["experiment=fairness_unit", "train_dir=x", "explainer=flow_difference"]
