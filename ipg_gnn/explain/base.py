@@ -104,6 +104,6 @@ def ranking_agreement(
     k = max(1, int(round(top_fraction * len(a))))
     top_a, top_b = set(a.topk(k).indices.tolist()), set(b.topk(k).indices.tolist())
     return {
-        "spearman_halves": spearman(a.cpu().numpy(), b.cpu().numpy()),
+        "spearman_halves": spearman(a.detach().cpu().numpy(), b.detach().cpu().numpy()),
         f"top{k}_overlap": len(top_a & top_b) / k,
     }

@@ -12,6 +12,10 @@ loss's gradient averaged over all inputs (`g`) and scores:
   them: its incoming weights, its bias and a folded BatchNorm's scale and shift; input units
   and residual adds own none and score 0.
 
+A loss may also return a vector [loss, values to hold...] (a fairness repair's group gap and
+its overall rates, `loss=selective`): a unit then scores by what is left of its `g` after the
+projection onto the held values' gradients (`unit_scores`), an edge still by `g**2`.
+
 The scores index the same dense topology as the flow difference (input features as nodes), so
 the plans of the two compare unit for unit. No detector is involved. The ranking's stability
 compares the unit scores of the gradients averaged over two random halves of the batches.
@@ -85,6 +89,8 @@ def mean_gradients(
         ):
             batch = images.subset(torch.arange(i, min(i + batch_size, len(images))))
             values = loss_fn(model, batch).reshape(-1)
+            if b and len(values) != len(sums[0]):
+                raise ValueError(f"the loss gave {len(values)} values, {len(sums[0])} before")
             h = int(half[b])
             counts[h] += len(batch)
             for j, value in enumerate(values):
@@ -130,16 +136,19 @@ def edge_scores(
 
 def unit_scores(grads: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
     """Per unit, over every parameter it owns (first dimension): the squared norm of the loss's
-    gradient `grads[0]`, less its projection on the span of the held values' gradients
-    `grads[1:]` (none: the plain squared norm). The residual is the part of one gradient step
-    on the unit's own parameters that lowers the loss while, to first order, the held values
-    stay where they are."""
+    gradient `grads[0]` after removing its projection onto the span of the held values'
+    gradients `grads[1:]` (none held: the plain squared norm). What remains is the part of one
+    gradient step on the unit's own parameters that lowers the loss while, to first order, the
+    held values stay where they are; a unit owning no more entries than there are held values
+    scores 0."""
+    if len(grads) == 1:
+        return sum(g.reshape(len(g), -1).pow(2).sum(1) for g in grads[0])
     flat = torch.stack(
         [torch.cat([g.reshape(len(g), -1) for g in value], 1) for value in grads]
     ).double()  # (values, units, owned entries)
     loss, held = flat[0], flat[1:].permute(1, 2, 0)  # held: (units, owned entries, values - 1)
-    if held.shape[-1]:
-        loss = loss - (held @ (torch.linalg.pinv(held) @ loss.unsqueeze(-1))).squeeze(-1)
+    # float32 gradients: directions closer than their precision count as one
+    loss = loss - (held @ (torch.linalg.pinv(held, rtol=1e-6) @ loss.unsqueeze(-1))).squeeze(-1)
     return loss.pow(2).sum(1).float()
 
 
@@ -193,7 +202,7 @@ def loss_gradient(
 
 
 class LossGradient(Attributor):
-    """`loss_gradient` of one of two losses. `loss=contrast`: cross-entropy on the contrast
+    """`loss_gradient` of one of three losses. `loss=contrast`: cross-entropy on the contrast
     versions of the repair split's inputs (made against the model, at the inputs' true labels),
     or on the contrast population's own inputs where it holds other inputs than the reference
     (e.g. a group). `loss=objective`: the repair objective's loss (`objective.loss`, its

@@ -203,7 +203,7 @@ class RepairSplitSource:
             return plain_repair_loss(objective, self.seed)
         except ConfigError as e:
             raise ConfigError(
-                f"explainer.loss=objective: the {type(objective).__name__} objective cannot make "
+                f"explainer.loss: the {type(objective).__name__} objective cannot make "
                 f"its repair loss before the repair starts ({e}); use explainer.loss=contrast"
             ) from e
 

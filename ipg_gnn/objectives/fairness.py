@@ -257,13 +257,14 @@ class FairnessLoss:
     def gap_and_rates(self, model: nn.Module, batch: Images) -> torch.Tensor:
         """[the groups' gap as `penalty` combines it (unweighted), each true label's overall mean
         score (the smooth FPR and TPR)]: what a repair should move, then what it should hold so
-        that the gap does not close by levelling every rate down (a selective plan's inputs)."""
+        that the gap does not close by levelling every rate down (a selective plan's inputs).
+        The gap is |gap| as `penalty` combines it, also where `multiplier_lr` weights the
+        repair's own penalty otherwise."""
+        if not ((batch.y == 0).any() and (batch.y == 1).any()):
+            raise ValueError("a batch for gap_and_rates needs both true labels")
         score = (model(batch.x) / self.temperature).softmax(-1)[:, 1]
         gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
-        rates = [score[batch.y == label].mean() for label in (0, 1) if (batch.y == label).any()]
-        if len(rates) < 2:
-            raise ValueError("a batch for gap_and_rates needs both true labels")
-        return torch.stack([gap, *rates])
+        return torch.stack([gap, score[batch.y == 0].mean(), score[batch.y == 1].mean()])
 
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         logits = model(batch.x)
