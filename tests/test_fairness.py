@@ -3,12 +3,14 @@ train.py + repair.py end to end on a small generated German-credit file."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from ipg_gnn.data import Images
 from ipg_gnn.errors import ConfigError
@@ -499,6 +501,22 @@ def test_the_multipliers_follow_the_thresholded_gap_where_the_smooth_one_disagre
         FairnessLoss("sex", multiplier_lr=-1.0)
 
 
+class LossSource:
+    """What a repair job hands a loss-gradient attributor: the model, the repair split's
+    inputs and the repair objective's loss."""
+
+    seed = 0
+
+    def __init__(self, model: nn.Module, images: Images, repair_loss) -> None:
+        self.model, self.images, self.loss = model, images, repair_loss
+
+    def inputs(self) -> Images:
+        return self.images
+
+    def repair_loss(self):
+        return self.loss
+
+
 def test_loss_gradient_of_the_objective_ranks_units_by_the_group_gap():
     from ipg_gnn.explain import LossGradient
     from ipg_gnn.targets import MLP
@@ -507,21 +525,11 @@ def test_loss_gradient_of_the_objective_ranks_units_by_the_group_gap():
     model = MLP((1, 1, 6), 2, widths=(8,)).eval()
     x, y = torch.rand(40, 1, 1, 6), torch.randint(0, 2, (40,))
     images = Images(x, y, {"sex": torch.randint(0, 2, (40,))})
-    gap_only = FairnessLoss("sex", weight=5.0, ce_weight=0.0)
+    gap_only = FairnessLoss("sex", weight=5.0, ce_weight=0.0)  # the gap is the whole loss
 
-    class Source:  # what a repair job hands the attributor: here the gap is the whole loss
-        seed = 0
-
-        def __init__(self):
-            self.model = model
-
-        def inputs(self):
-            return images
-
-        def repair_loss(self):
-            return gap_only
-
-    a, _ = LossGradient("unprivileged", loss="objective", batch_size=40)(Source())
+    a, _ = LossGradient("unprivileged", loss="objective", batch_size=40)(
+        LossSource(model, images, gap_only)
+    )
     w, b = torch.autograd.grad(gap_only(model, images, 0), [model.net[1].weight, model.net[1].bias])
     torch.testing.assert_close(a.node[6:14], (w**2).sum(1) + b**2)
     assert a.score == "squared mean gradient of the repair loss"
@@ -538,15 +546,7 @@ def test_the_selective_plan_scores_the_gap_gradient_less_its_projection_on_the_r
     x, y = torch.rand(40, 1, 1, 6), torch.tensor([0, 1] * 20)
     images = Images(x, y, {"sex": torch.randint(0, 2, (40,))})
     loss = FairnessLoss("sex", weight=5.0)  # the weight and cross-entropy do not enter
-
-    class Source:
-        seed = 0
-
-        def __init__(self, repair_loss):
-            self.model, self.repair_loss = model, lambda: repair_loss
-
-        def inputs(self):
-            return images
+    Source = functools.partial(LossSource, model, images)
 
     # Two batches of 20 (both labels in each): each value's gradient is their mean.
     a, _ = LossGradient("unprivileged", loss="selective", batch_size=20)(Source(loss))
@@ -577,7 +577,7 @@ def test_the_selective_plan_scores_the_gap_gradient_less_its_projection_on_the_r
     torch.testing.assert_close(a.edge[: 8 * 6], (gap[:, :6] ** 2).flatten())  # edges: plain gap
     with pytest.raises(ConfigError, match="needs objective=fairness"):
         LossGradient("unprivileged", loss="selective")(Source(lambda m, b, step: b.x.sum()))
-    with pytest.raises(ValueError, match="both true labels"):
+    with pytest.raises(ValueError, match="one true label only"):
         loss.gap_and_rates(model, Images(x[y == 1], y[y == 1], {"sex": y[y == 1]}))
 
 

@@ -261,7 +261,10 @@ class FairnessLoss:
         The gap is |gap| as `penalty` combines it, also where `multiplier_lr` weights the
         repair's own penalty otherwise."""
         if not ((batch.y == 0).any() and (batch.y == 1).any()):
-            raise ValueError("a batch for gap_and_rates needs both true labels")
+            raise ValueError(
+                f"a batch of {len(batch)} rows holds one true label only: gap_and_rates holds "
+                "each label's overall rate; a larger explainer.batch_size gives every batch both"
+            )
         score = (model(batch.x) / self.temperature).softmax(-1)[:, 1]
         gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
         return torch.stack([gap, score[batch.y == 0].mean(), score[batch.y == 1].mean()])
