@@ -263,7 +263,7 @@ class FairnessLoss:
         if not ((batch.y == 0).any() and (batch.y == 1).any()):
             raise ValueError(
                 f"a batch of {len(batch)} rows holds one true label only: gap_and_rates holds "
-                "each label's overall rate; a larger explainer.batch_size gives every batch both"
+                "each label's overall rate; raise explainer.batch_size until every batch holds both"
             )
         score = (model(batch.x) / self.temperature).softmax(-1)[:, 1]
         gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
