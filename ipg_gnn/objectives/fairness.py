@@ -254,6 +254,11 @@ class FairnessLoss:
         used = self.multipliers(smooth, hard, step)
         return self.weight * sum((used[k] * gap for k, gap in smooth.items()), score.sum() * 0.0)
 
+    def score(self, logits: torch.Tensor) -> torch.Tensor:
+        """The score the gap and the anchor see: softmax(logits / temperature) of the positive
+        class."""
+        return (logits / self.temperature).softmax(-1)[:, 1]
+
     def gap_and_rates(self, model: nn.Module, batch: Images) -> torch.Tensor:
         """[the groups' gap as `penalty` combines it (unweighted), each true label's overall mean
         score (the smooth FPR and TPR)]: what a repair should move, then what it should hold so
@@ -265,20 +270,20 @@ class FairnessLoss:
                 f"a batch of {len(batch)} rows holds one true label only: gap_and_rates holds "
                 "each label's overall rate; raise explainer.batch_size until every batch holds both"
             )
-        score = (model(batch.x) / self.temperature).softmax(-1)[:, 1]
+        score = self.score(model(batch.x))
         gap = fairness_gap(score, batch.y, batch.groups[self.attribute], self.penalty)
         return torch.stack([gap, score[batch.y == 0].mean(), score[batch.y == 1].mean()])
 
     def __call__(self, model: nn.Module, batch: Images, step: int) -> torch.Tensor:
         logits = model(batch.x)
-        score = (logits / self.temperature).softmax(-1)[:, 1]
+        score = self.score(logits)
         loss = self.ce_weight * nn.functional.cross_entropy(logits, batch.y)
         loss = loss + self.penalty_term(score, logits, batch, step)
         if self.anchor_weight:
             if self.reference is None:
                 raise RuntimeError("an anchored FairnessLoss is called inside `attach(model)`")
             with torch.no_grad():
-                reference = (self.reference(batch.x) / self.temperature).softmax(-1)[:, 1]
+                reference = self.score(self.reference(batch.x))
             loss = loss + self.anchor_weight * anchor_gap(score, reference, batch.y)
         return loss
 
